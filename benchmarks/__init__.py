@@ -1,0 +1,1 @@
+"""Benchmarks against the PyTorch baseline (issue 5: not built yet)."""

@@ -1,0 +1,1 @@
+"""Decoding engine over the exported ONNX graphs (issue 3: not built yet)."""

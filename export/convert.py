@@ -1,0 +1,254 @@
+"""Export an LED checkpoint (hub id or local folder) to an artifacts folder.
+
+Loads with `from_pretrained`, traces the encoder and decoder graphs through optimum's exporter,
+optionally converts them to fp16, validates them against transformers, and writes the tokenizer,
+configs and manifest. Everything is built in a temporary sibling folder that replaces the output
+only when all steps succeeded: a failure leaves nothing half-written behind.
+"""
+
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+import torch
+from optimum.exporters.onnx.convert import export_pytorch
+from transformers import (
+    AutoConfig,
+    AutoTokenizer,
+    GenerationConfig,
+    LEDForConditionalGeneration,
+)
+from transformers.utils import logging as hf_logging
+
+from export.fp16 import to_fp16
+from export.graphs import (
+    CROSS_KEY,
+    CROSS_VALUE,
+    PAST_KEY,
+    PAST_VALUE,
+    PRESENT_KEY,
+    PRESENT_VALUE,
+    DecoderGraph,
+    DecoderOnnxConfig,
+    EncoderGraph,
+    EncoderOnnxConfig,
+)
+from export.manifest import INPUT_TEMPLATE, graph_signature, package_versions, write_manifest
+from export.validate import format_table, validate
+
+DTYPES = ("fp32", "fp16")
+# Graphs whose initializers pass this many bytes keep their weights in one external data file
+# beside them (protobuf cannot hold a message of 2 GiB).
+EXTERNAL_DATA_BYTES = 1_900_000_000
+
+
+class ExportError(Exception):
+    """A problem the user can fix: its message says what and how."""
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """What to export and how."""
+
+    model: str
+    """Hub id or local folder of an LED checkpoint (`from_pretrained` accepts both)."""
+    output: Path
+    """Artifacts folder to create."""
+    dtype: str = "fp32"
+    """fp32, or fp16 (weights and activations; logits stay fp32)."""
+    opset: int = 17
+    """ONNX opset of the exported graphs."""
+    validate: bool = False
+    """Compare the graphs with transformers on fresh random inputs; fail past the tolerance."""
+    force: bool = False
+    """Replace an existing output folder."""
+    device: str = "cpu"
+    """Execution provider used by validation: cpu or cuda."""
+
+    def __post_init__(self):
+        if self.dtype not in DTYPES:
+            raise ExportError(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if not 14 <= self.opset <= 20:
+            raise ExportError(f"opset must be between 14 and 20, got {self.opset}")
+        if self.device not in ("cpu", "cuda"):
+            raise ExportError(f"device must be cpu or cuda, got {self.device!r}")
+
+
+@contextmanager
+def step(message: str):
+    """Progress on stderr: the step as it starts, then its duration."""
+    print(f"{message} ...", file=sys.stderr, flush=True)
+    start = time.perf_counter()
+    try:
+        yield
+    except BaseException:
+        print(f"  failed after {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+        raise
+    print(f"  done in {time.perf_counter() - start:.1f}s", file=sys.stderr, flush=True)
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).exists() or name.count("/") > 1
+
+
+def load_checkpoint(name: str):
+    """Config, model, tokenizer and generation config through `from_pretrained`, with clear errors."""
+    if _looks_like_path(name) and not Path(name).expanduser().is_dir():
+        raise ExportError(f"model folder not found: {name}")
+    source = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"could not load a model config from {name!r}: {e}") from e
+    if config.model_type != "led":
+        raise ExportError(
+            f"{name!r} is a {config.model_type!r} model; ledserve exports LED models "
+            "(model_type 'led', e.g. allenai/led-base-16384)"
+        )
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as e:
+        raise ExportError(f"{name!r} has no loadable tokenizer: {e}") from e
+    model = LEDForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
+    try:
+        generation = GenerationConfig.from_pretrained(source)
+    except OSError:
+        generation = GenerationConfig.from_model_config(model.config)
+    return model, tokenizer, generation
+
+
+def save_onnx(model: onnx.ModelProto, path: Path, external_bytes: int = EXTERNAL_DATA_BYTES):
+    """Save a graph, moving weights to `<name>.data` once they pass `external_bytes`."""
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weights < external_bytes:
+        onnx.save(model, str(path))
+        return
+    onnx.save(
+        model,
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location=f"{path.name}.data",
+        size_threshold=1024,
+    )
+
+
+def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str, keep_fp32: list[str]):
+    """Trace one graph with optimum's exporter (TorchScript), then fp16 and final save."""
+    traced = path.with_suffix(".fp32-trace")
+    traced.mkdir()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tracer and deprecation warnings: validation is the check
+        export_pytorch(graph, onnx_config, opset, traced / path.name)
+    model = onnx.load(str(traced / path.name))
+    if dtype == "fp16":
+        model = to_fp16(model, keep_fp32)
+    save_onnx(model, path)
+    shutil.rmtree(traced)
+    return graph_signature(model)
+
+
+def export_model(cfg: ExportConfig) -> dict:
+    """Run the whole export; returns the manifest. Raises ExportError on anything user-fixable."""
+    output = Path(cfg.output).expanduser()
+    if output.exists() and not cfg.force:
+        raise ExportError(f"output folder {output} already exists; pass --force to replace it")
+    hf_logging.set_verbosity_error()  # LED warns about padding on every call
+
+    with step(f"loading {cfg.model}"):
+        model, tokenizer, generation = load_checkpoint(cfg.model)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    try:
+        manifest = _build(cfg, model, tokenizer, generation, work)
+        if output.exists():
+            shutil.rmtree(output)
+        work.rename(output)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _build(cfg, model, tokenizer, generation, work: Path) -> dict:
+    config = model.config
+    graphs = {}
+    with step(f"exporting encoder.onnx ({cfg.dtype}, opset {cfg.opset})"):
+        graphs["encoder"] = _export_graph(
+            EncoderGraph(model).eval(), EncoderOnnxConfig(config), work / "encoder.onnx",
+            cfg.opset, cfg.dtype, ["last_hidden_state"],
+        )
+    with step(f"exporting decoder.onnx ({cfg.dtype}, opset {cfg.opset})"):
+        graphs["decoder"] = _export_graph(
+            DecoderGraph(model).eval(), DecoderOnnxConfig(config), work / "decoder.onnx",
+            cfg.opset, cfg.dtype, ["logits"],
+        )
+
+    report = None
+    if cfg.validate:
+        with step(f"validating against transformers on {cfg.device}"):
+            report = validate(model, work, cfg.dtype, cfg.device)
+        print(format_table(report), file=sys.stderr)
+        if not report["passed"]:
+            raise ExportError("validation failed: the exported graphs differ from transformers (table above)")
+
+    with step("writing tokenizer, configs and manifest"):
+        tokenizer.save_pretrained(str(work))
+        config.save_pretrained(str(work))
+        generation.save_pretrained(str(work))
+        manifest = write_manifest(work, _manifest_body(cfg, model, generation, graphs, report))
+    return manifest
+
+
+def _manifest_body(cfg, model, generation, graphs, report) -> dict:
+    config = model.config
+    return {
+        "source": {
+            "model": cfg.model,
+            "revision": getattr(config, "_commit_hash", None),
+            "model_type": config.model_type,
+        },
+        "dtype": cfg.dtype,
+        "opset": cfg.opset,
+        "packages": package_versions(),
+        "model": {
+            "d_model": config.d_model,
+            "encoder_layers": config.encoder_layers,
+            "decoder_layers": config.decoder_layers,
+            "encoder_attention_heads": config.encoder_attention_heads,
+            "decoder_attention_heads": config.decoder_attention_heads,
+            "head_dim": config.d_model // config.decoder_attention_heads,
+            "attention_window": list(config.attention_window),
+            "max_encoder_positions": config.max_encoder_position_embeddings,
+            "max_decoder_positions": config.max_decoder_position_embeddings,
+            "vocab_size": config.vocab_size,
+        },
+        "special_tokens": {
+            "pad": config.pad_token_id,
+            "bos": config.bos_token_id,
+            "eos": config.eos_token_id,
+            "decoder_start": config.decoder_start_token_id,
+            "forced_bos": generation.forced_bos_token_id,
+            "forced_eos": generation.forced_eos_token_id,
+        },
+        "input_template": INPUT_TEMPLATE,
+        "generation_defaults": generation.to_diff_dict(),
+        "graphs": {
+            "encoder": {"file": "encoder.onnx", **graphs["encoder"]},
+            "decoder": {"file": "decoder.onnx", **graphs["decoder"]},
+        },
+        "tensor_names": {
+            "past_key": PAST_KEY,
+            "past_value": PAST_VALUE,
+            "present_key": PRESENT_KEY,
+            "present_value": PRESENT_VALUE,
+            "cross_key": CROSS_KEY,
+            "cross_value": CROSS_VALUE,
+        },
+        "validation": report,
+    }

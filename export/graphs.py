@@ -1,0 +1,214 @@
+"""The two exported graphs as torch modules over a transformers LED, and their ONNX signatures.
+
+`EncoderGraph`: token ids and masks -> last hidden state and every decoder layer's cross-attention
+keys/values (computed once per request). `DecoderGraph`: one decoder step over the self-attention
+KV cache and those cross keys/values -> fp32 logits and the grown cache. Both reuse the transformers
+modules' weights; only the encoder self-attention's code is replaced (export/attention.py).
+"""
+
+from collections import OrderedDict
+
+import torch
+from optimum.exporters.onnx import OnnxConfig
+from optimum.utils import NormalizedSeq2SeqConfig
+from torch import nn
+
+from export.attention import (
+    MASKED,
+    global_slots,
+    longformer_self_attention,
+    merge_heads,
+    split_heads,
+)
+
+# Tensor-name templates, written to the manifest; the engine reads them from there.
+PAST_KEY, PAST_VALUE = "past_key_values.{layer}.key", "past_key_values.{layer}.value"
+PRESENT_KEY, PRESENT_VALUE = "present.{layer}.key", "present.{layer}.value"
+CROSS_KEY, CROSS_VALUE = "cross_key_values.{layer}.key", "cross_key_values.{layer}.value"
+
+
+def _split(x: torch.Tensor, attn: nn.Module) -> torch.Tensor:
+    """[batch, seq, d_model] -> [batch, heads, seq, head_dim] for a transformers decoder attention."""
+    return split_heads(x, attn.num_heads, attn.head_dim)
+
+
+class EncoderGraph(nn.Module):
+    """LED encoder + the decoder's cross-attention K/V projections, traceable for any input shape."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.config = model.config
+        self.encoder = model.get_encoder()
+        self.decoder_layers = model.get_decoder().layers
+
+    def forward(self, input_ids, attention_mask, global_attention_mask):
+        """input_ids, attention_mask, global_attention_mask: [batch, seq] int64."""
+        encoder = self.encoder
+        is_pad = attention_mask == 0
+        is_global = (global_attention_mask != 0) & ~is_pad  # padding is never global
+        slots = global_slots(is_global)
+
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        hidden = encoder.embed_tokens(input_ids) + encoder.embed_positions.weight[positions]
+        hidden = encoder.layernorm_embedding(hidden)  # [batch, seq, d_model]
+        for layer in encoder.layers:
+            attn = layer.self_attn
+            attended = longformer_self_attention(
+                attn.longformer_self_attn, hidden, is_pad, is_global, slots
+            )
+            hidden = layer.self_attn_layer_norm(hidden + attn.output(attended))
+            ffn = layer.fc2(layer.activation_fn(layer.fc1(hidden)))
+            hidden = layer.final_layer_norm(hidden + ffn)
+
+        cross = []
+        for layer in self.decoder_layers:
+            attn = layer.encoder_attn
+            cross.append(_split(attn.k_proj(hidden), attn))  # [batch, heads, seq, head_dim]
+            cross.append(_split(attn.v_proj(hidden), attn))
+        return (hidden, *cross)
+
+
+class DecoderGraph(nn.Module):
+    """One LED decoder step with a self-attention KV cache and precomputed cross-attention K/V.
+
+    Rows are grouped by request: with R requests (rows of the cross K/V) and batch rows, rows
+    r*G .. r*G+G-1 (G = batch / R) belong to request r and share its cross K/V, so beams and
+    returned sequences never copy them.
+    """
+
+    def __init__(self, model):
+        super().__init__()
+        self.config = model.config
+        self.decoder = model.get_decoder()
+        self.lm_head = model.lm_head
+        self.register_buffer("final_logits_bias", model.final_logits_bias, persistent=False)
+
+    def forward(
+        self, input_ids, attention_mask, encoder_attention_mask, past_key_values, cross_key_values
+    ):
+        """input_ids: [batch, new] int64; attention_mask: [batch, past + new] int64 (0 = empty
+        cache slot); encoder_attention_mask: [requests, enc_seq] int64; past_key_values: flat
+        (key, value) per layer, [batch, heads, past, head_dim]; cross_key_values: flat (key, value)
+        per layer, [requests, heads, enc_seq, head_dim]."""
+        decoder = self.decoder
+        batch, new = input_ids.shape
+        valid = attention_mask != 0
+        # A row's position counts its own tokens only, so rows with empty cache slots line up.
+        positions = valid.long().cumsum(dim=1)[:, -new:] - 1  # [batch, new]
+        hidden = decoder.embed_tokens(input_ids) + decoder.embed_positions.weight[positions]
+        hidden = decoder.layernorm_embedding(hidden)  # [batch, new, d_model]
+
+        # Token t may see every valid cache slot and the new tokens up to itself.
+        total = attention_mask.shape[1]
+        key_pos = torch.arange(total, device=input_ids.device)
+        query_pos = key_pos[-new:]
+        self_ok = valid[:, None, None, :] & (key_pos[None, :] <= query_pos[:, None])
+        cross_ok = (encoder_attention_mask != 0)[:, None, None, :]  # [requests, 1, 1, enc_seq]
+
+        present = []
+        for i, layer in enumerate(decoder.layers):
+            attn = layer.self_attn
+            key = torch.cat([past_key_values[2 * i], _split(attn.k_proj(hidden), attn)], dim=2)
+            value = torch.cat([past_key_values[2 * i + 1], _split(attn.v_proj(hidden), attn)], dim=2)
+            present += [key, value]  # [batch, heads, past + new, head_dim]
+            query = _split(attn.q_proj(hidden) * attn.scaling, attn)
+            scores = torch.where(self_ok, query @ key.transpose(-1, -2), MASKED)
+            out = attn.out_proj(merge_heads(scores.softmax(dim=-1) @ value))
+            hidden = layer.self_attn_layer_norm(hidden + out)
+
+            attn = layer.encoder_attn
+            cross_key, cross_value = cross_key_values[2 * i], cross_key_values[2 * i + 1]
+            requests = cross_key.shape[0]
+            # [batch, new, d] -> [requests, G * new, d]: a request's rows become extra query rows.
+            query = attn.q_proj(hidden) * attn.scaling
+            query = _split(query.reshape(requests, -1, query.shape[-1]), attn)
+            scores = torch.where(cross_ok, query @ cross_key.transpose(-1, -2), MASKED)
+            out = merge_heads(scores.softmax(dim=-1) @ cross_value).reshape(batch, new, -1)
+            hidden = layer.encoder_attn_layer_norm(hidden + attn.out_proj(out))
+
+            ffn = layer.fc2(layer.activation_fn(layer.fc1(hidden)))
+            hidden = layer.final_layer_norm(hidden + ffn)
+
+        logits = self.lm_head(hidden) + self.final_logits_bias.to(hidden.dtype)
+        return (logits.float(), *present)
+
+
+class _GraphOnnxConfig(OnnxConfig):
+    """Signatures for optimum's exporter: dynamic axes, input order, dummy inputs for tracing."""
+
+    NORMALIZED_CONFIG_CLASS = NormalizedSeq2SeqConfig
+    DEFAULT_ONNX_OPSET = 17
+
+    def _layer_names(self, templates, axes):
+        layers = self._config.decoder_layers
+        return OrderedDict((t.format(layer=i), axes) for i in range(layers) for t in templates)
+
+    def _head_dim(self):
+        return self._config.d_model // self._config.decoder_attention_heads
+
+
+class EncoderOnnxConfig(_GraphOnnxConfig):
+    @property
+    def inputs(self):
+        axes = {0: "batch", 1: "encoder_sequence"}
+        return OrderedDict((n, axes) for n in ("input_ids", "attention_mask", "global_attention_mask"))
+
+    @property
+    def outputs(self):
+        out = OrderedDict(last_hidden_state={0: "batch", 1: "encoder_sequence"})
+        out.update(self._layer_names((CROSS_KEY, CROSS_VALUE), {0: "batch", 2: "encoder_sequence"}))
+        return out
+
+    def generate_dummy_inputs(self, framework="pt", **kwargs):
+        # Traced at a length that is no multiple of any window, with padding and global tokens;
+        # nothing in the graph branches on these values (tests run it at many others).
+        batch, seq = 2, 3 * max(self._config.attention_window) + 5
+        input_ids = torch.randint(3, self._config.vocab_size, (batch, seq))
+        attention_mask = torch.ones(batch, seq, dtype=torch.int64)
+        attention_mask[1, seq - 3 :] = 0
+        global_attention_mask = torch.zeros(batch, seq, dtype=torch.int64)
+        global_attention_mask[:, 0] = 1
+        global_attention_mask[0, 5] = 1
+        return dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            global_attention_mask=global_attention_mask,
+        )
+
+
+class DecoderOnnxConfig(_GraphOnnxConfig):
+    @property
+    def inputs(self):
+        out = OrderedDict(
+            input_ids={0: "batch", 1: "new_tokens"},
+            attention_mask={0: "batch", 1: "total_tokens"},
+            encoder_attention_mask={0: "requests", 1: "encoder_sequence"},
+        )
+        out.update(self._layer_names((PAST_KEY, PAST_VALUE), {0: "batch", 2: "past_tokens"}))
+        cross_axes = {0: "requests", 2: "encoder_sequence"}
+        out.update(self._layer_names((CROSS_KEY, CROSS_VALUE), cross_axes))
+        return out
+
+    @property
+    def outputs(self):
+        out = OrderedDict(logits={0: "batch", 1: "new_tokens"})
+        out.update(self._layer_names((PRESENT_KEY, PRESENT_VALUE), {0: "batch", 2: "total_tokens"}))
+        return out
+
+    def generate_dummy_inputs(self, framework="pt", **kwargs):
+        config = self._config
+        requests, group, new, past, enc_seq = 2, 2, 2, 3, 7
+        batch, heads = requests * group, config.decoder_attention_heads
+        kv = lambda rows, length: torch.randn(rows, heads, length, self._head_dim())  # noqa: E731
+        attention_mask = torch.ones(batch, past + new, dtype=torch.int64)
+        attention_mask[0, 0] = 0
+        encoder_attention_mask = torch.ones(requests, enc_seq, dtype=torch.int64)
+        encoder_attention_mask[1, -2:] = 0
+        layers = range(config.decoder_layers)
+        return dict(
+            input_ids=torch.randint(3, config.vocab_size, (batch, new)),
+            attention_mask=attention_mask,
+            encoder_attention_mask=encoder_attention_mask,
+            past_key_values=tuple(kv(batch, past) for _ in layers for _ in range(2)),
+            cross_key_values=tuple(kv(requests, enc_seq) for _ in layers for _ in range(2)),
+        )

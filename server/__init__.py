@@ -1,0 +1,1 @@
+"""gRPC server, client and the `ledserve` command line (server/cli.py)."""

@@ -1,0 +1,50 @@
+"""Session fixtures: tiny random LEDs built and saved here, exported once per session."""
+
+import numpy as np
+import pytest
+from transformers import LEDForConditionalGeneration
+
+from export.convert import ExportConfig, export_model
+from export.tiny import build_random_led
+
+# Two shapes with odd, per-layer one-sided windows (6, 2, 3 and 5, 5); transformers itself needs
+# every window to divide the largest one.
+CONFIGS = {
+    "tiny3": {},
+    "tiny2": dict(
+        d_model=24,
+        encoder_layers=2,
+        decoder_layers=1,
+        encoder_attention_heads=2,
+        decoder_attention_heads=3,
+        attention_window=[10, 10],
+    ),
+}
+
+
+@pytest.fixture(scope="session", params=sorted(CONFIGS))
+def checkpoint(request, tmp_path_factory):
+    """(folder, model): a saved random LED checkpoint and the transformers model loaded from it."""
+    folder = tmp_path_factory.mktemp(f"checkpoint-{request.param}")
+    build_random_led(folder, **CONFIGS[request.param])
+    return folder, LEDForConditionalGeneration.from_pretrained(folder).eval()
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoint, tmp_path_factory):
+    """dtype -> artifacts folder of the checkpoint, each dtype exported once."""
+    folder, _ = checkpoint
+    out = {}
+    for dtype in ("fp32", "fp16"):
+        target = tmp_path_factory.mktemp(f"artifacts-{dtype}") / "artifacts"
+        export_model(ExportConfig(model=str(folder), output=target, dtype=dtype))
+        out[dtype] = target
+    return out
+
+
+@pytest.fixture
+def rng():
+    """Fresh random inputs every run; the seed is in the test id's output on failure."""
+    seed = int(np.random.SeedSequence().entropy % 2**32)
+    print(f"random seed {seed}")
+    return np.random.default_rng(seed)

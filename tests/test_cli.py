@@ -1,0 +1,108 @@
+"""The export command: artifacts and manifest, validation output, and its refusals."""
+
+import json
+import subprocess
+import sys
+
+import onnx
+import onnxruntime as ort
+import pytest
+from transformers import BartConfig
+
+import export.convert
+from export.convert import ExportConfig, ExportError, export_model, save_onnx
+from export.manifest import INPUT_TEMPLATE, sha256
+from server.cli import main as ledserve
+
+
+def test_manifest_describes_the_artifacts(exported):
+    folder = exported["fp16"]
+    manifest = json.loads((folder / "manifest.json").read_text())
+    assert manifest["format_version"] == 1 and manifest["dtype"] == "fp16"
+    assert manifest["input_template"] == INPUT_TEMPLATE
+    for name in ("encoder.onnx", "decoder.onnx", "config.json", "generation_config.json",
+                 "tokenizer.json", "vocab.json", "merges.txt"):
+        entry = manifest["files"][name]
+        assert entry["sha256"] == sha256(folder / name)
+        assert entry["bytes"] == (folder / name).stat().st_size
+    decoder = manifest["graphs"]["decoder"]
+    logits = next(o for o in decoder["outputs"] if o["name"] == "logits")
+    assert logits["dtype"] == "float32"  # logits stay fp32 in fp16 artifacts
+    present = next(o for o in decoder["outputs"] if o["name"] == "present.0.key")
+    assert present["dtype"] == "float16"
+    assert present["shape"] == ["batch", manifest["model"]["decoder_attention_heads"], "total_tokens",
+                                manifest["model"]["head_dim"]]
+    assert manifest["packages"]["onnxruntime-gpu"] == ort.__version__
+    assert manifest["validation"] is None
+
+
+def test_export_with_validation_prints_table(checkpoint, tmp_path, capsys):
+    folder, _ = checkpoint
+    code = ledserve(["export", "--model", str(folder), "--output", str(tmp_path / "a"),
+                     "--dtype", "fp16", "--validate"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "validation passed" in err and "cross_key_values.0.key" in err and "logits" in err
+    report = json.loads((tmp_path / "a" / "manifest.json").read_text())["validation"]
+    assert report["passed"] and report["dtype"] == "fp16" and len(report["checks"]) >= 8
+
+
+def test_refuses_non_led_model(tmp_path):
+    BartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1).save_pretrained(tmp_path)
+    with pytest.raises(ExportError, match="'bart' model.*model_type 'led'"):
+        export_model(ExportConfig(model=str(tmp_path), output=tmp_path / "out"))
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_folder_is_a_clear_error(tmp_path, capsys):
+    code = ledserve(["export", "--model", str(tmp_path / "nope"), "--output", str(tmp_path / "o")])
+    assert code == 2
+    assert "model folder not found" in capsys.readouterr().err
+
+
+def test_existing_output_needs_force(checkpoint, tmp_path):
+    folder, _ = checkpoint
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    with pytest.raises(ExportError, match="already exists; pass --force"):
+        export_model(ExportConfig(model=str(folder), output=out))
+    assert (out / "keep.txt").read_text() == "mine"
+    export_model(ExportConfig(model=str(folder), output=out, force=True))
+    assert (out / "encoder.onnx").exists() and not (out / "keep.txt").exists()
+
+
+def test_failure_leaves_nothing_behind(checkpoint, tmp_path, monkeypatch):
+    folder, _ = checkpoint
+
+    def failing_validation(*args, **kwargs):
+        return {"passed": False, "checks": [], "seed": 0, "device": "cpu", "dtype": "fp32",
+                "criterion": "max_abs <= 0.0001"}
+
+    monkeypatch.setattr(export.convert, "validate", failing_validation)
+    with pytest.raises(ExportError, match="validation failed"):
+        export_model(ExportConfig(model=str(folder), output=tmp_path / "out", validate=True))
+    assert list(tmp_path.iterdir()) == []  # neither the output nor the temporary folder
+
+
+def test_python_dash_m_export(checkpoint, tmp_path):
+    folder, _ = checkpoint
+    run = subprocess.run(
+        [sys.executable, "-m", "export", "--model", str(folder), "--output", str(tmp_path / "o")],
+        capture_output=True, text=True, check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "exporting encoder.onnx" in run.stderr and "encoder.onnx" in run.stdout
+
+
+def test_external_data_is_loadable(exported, tmp_path):
+    model = onnx.load(str(exported["fp32"] / "decoder.onnx"))
+    save_onnx(model, tmp_path / "decoder.onnx", external_bytes=0)
+    assert (tmp_path / "decoder.onnx.data").stat().st_size > 0
+    ort.InferenceSession(str(tmp_path / "decoder.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_demo_command(tmp_path, capsys):
+    assert ledserve(["demo", "--workdir", str(tmp_path)]) == 0
+    out = capsys.readouterr()
+    assert "validation passed" in out.err and "decoder.onnx" in out.out

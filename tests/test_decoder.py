@@ -1,0 +1,128 @@
+"""decoder.onnx: teacher-forced steps with the KV cache against transformers, and its batching
+contract (empty cache slots, rows grouped per request, several new tokens in one step)."""
+
+import numpy as np
+import pytest
+
+from export.validate import (
+    compare,
+    random_encoder_inputs,
+    reference_decoder_logits,
+    reference_encoder,
+    run_decoder_steps,
+    session,
+)
+
+STEPS = 20
+
+
+def encoded(model, folder, rng, lengths, pattern="question"):
+    """Encoder inputs and the ONNX encoder's outputs by name."""
+    inputs = random_encoder_inputs(rng, model.config.vocab_size, lengths, pattern)
+    encoder = session(folder / "encoder.onnx")
+    names = [o.name for o in encoder.get_outputs()]
+    return inputs, dict(zip(names, encoder.run(None, inputs)))
+
+
+def teacher_tokens(model, rng, rows, steps=STEPS):
+    tokens = rng.integers(5, model.config.vocab_size, (rows, steps))
+    tokens[:, 0] = model.config.decoder_start_token_id
+    return tokens
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_decoder_steps_match_transformers(checkpoint, exported, dtype, rng):
+    _, model = checkpoint
+    decoder = session(exported[dtype] / "decoder.onnx")
+    for lengths in ([1], [37, 20], [13, 2, 40]):
+        inputs, encoder_out = encoded(model, exported[dtype], rng, lengths)
+        tokens = teacher_tokens(model, rng, len(lengths))
+        want_hidden = reference_encoder(model, inputs)["last_hidden_state"]
+        want = reference_decoder_logits(model, want_hidden, inputs["attention_mask"], tokens)
+        got = run_decoder_steps(decoder, model.config, encoder_out, inputs["attention_mask"], tokens)
+        check = compare("decoder", "logits", str(lengths), np.stack(got), np.stack(want), dtype)
+        assert check.passed, check
+
+
+def _empty_past(model, rows):
+    config = model.config
+    heads = config.decoder_attention_heads
+    empty = np.zeros((rows, heads, 0, config.d_model // heads), np.float32)
+    kinds = ("key", "value")
+    return {f"past_key_values.{i}.{k}": empty for i in range(config.decoder_layers) for k in kinds}
+
+
+def _cross(encoder_out, requests=slice(None)):
+    return {k: v[requests] for k, v in encoder_out.items() if k.startswith("cross_key_values.")}
+
+
+def _present_as_past(outputs, names):
+    return {
+        name.replace("present.", "past_key_values."): value
+        for name, value in zip(names, outputs)
+        if name.startswith("present.")
+    }
+
+
+def test_multi_token_step_equals_single_steps(checkpoint, exported, rng):
+    """Causal masking inside one call: 6 tokens at once give the logits of 6 cached steps."""
+    _, model = checkpoint
+    decoder = session(exported["fp32"] / "decoder.onnx")
+    inputs, encoder_out = encoded(model, exported["fp32"], rng, [25, 9])
+    tokens = teacher_tokens(model, rng, 2, 6)
+    single = run_decoder_steps(decoder, model.config, encoder_out, inputs["attention_mask"], tokens)
+    feed = {
+        "input_ids": tokens,
+        "attention_mask": np.ones_like(tokens),
+        "encoder_attention_mask": inputs["attention_mask"],
+        **_empty_past(model, 2),
+        **_cross(encoder_out),
+    }
+    together = decoder.run(None, feed)[0]
+    check = compare("decoder", "logits", "6 at once", together, np.concatenate(single, 1), "fp32")
+    assert check.passed, check
+
+
+def test_empty_cache_slots_and_grouped_rows(checkpoint, exported, rng):
+    """Rows grouped per request over one shared cross K/V (rows 0, 1 -> request 0; rows 2, 3 ->
+    request 1), with row 0 joining two steps late behind empty cache slots, give the logits each
+    row gets when decoded alone."""
+    _, model = checkpoint
+    decoder = session(exported["fp32"] / "decoder.onnx")
+    names = [o.name for o in decoder.get_outputs()]
+    inputs, encoder_out = encoded(model, exported["fp32"], rng, [30, 11])
+    steps, late = 5, 2
+    tokens = teacher_tokens(model, rng, 4, steps)
+    alone = []
+    for row in range(4):
+        request = slice(row // 2, row // 2 + 1)
+        alone.append(
+            run_decoder_steps(
+                decoder, model.config, _cross(encoder_out, request),
+                inputs["attention_mask"][request], tokens[row : row + 1],
+            )
+        )
+
+    past, mask = _empty_past(model, 4), np.zeros((4, 0), np.int64)
+    got = [[] for _ in range(4)]
+    for step in range(steps + late):
+        # Row 0 feeds its first token while still waiting, in a slot masked out below.
+        positions = [max(step - late, 0), *[min(step, steps - 1)] * 3]
+        mask = np.concatenate([mask, np.ones((4, 1), np.int64)], 1)
+        mask[0, -1] = int(step >= late)
+        feed = {
+            "input_ids": tokens[np.arange(4), positions][:, None],
+            "attention_mask": mask,
+            "encoder_attention_mask": inputs["attention_mask"],
+            **past,
+            **_cross(encoder_out),
+        }
+        outputs = decoder.run(None, feed)
+        past = _present_as_past(outputs, names)
+        for row in range(4):
+            if (row == 0 and step >= late) or (row > 0 and step < steps):
+                got[row].append(outputs[0][row : row + 1])
+    for row in range(4):
+        want, have = np.concatenate(alone[row], 1), np.concatenate(got[row], 1)
+        check = compare("decoder", "logits", f"row {row}", have, want, "fp32")
+        assert check.passed, check
