@@ -24,7 +24,9 @@ class GlobalSlots:
     dimension of a zero-size tensor, and G = 0 is the common case).
     """
 
-    positions: torch.Tensor  # [batch, G + 1] int64: position of the j-th global token (any if invalid)
+    positions: (
+        torch.Tensor
+    )  # [batch, G + 1] int64: position of the j-th global token (any if invalid)
     valid: torch.Tensor  # [batch, G + 1] bool: slot j holds a global token of this row
     slot_of_position: torch.Tensor  # [batch, seq] int64: slot of a global token (junk for others)
 
@@ -48,7 +50,7 @@ def global_slots(is_global: torch.Tensor) -> GlobalSlots:
 
 
 def band_mask(window: int, device=None) -> torch.Tensor:
-    """[w, 3w] bool: query q of a block sees key k of its three-block neighbourhood iff |i - j| <= w."""
+    """[w, 3w] bool: query q of a block sees key k of its 3-block neighbourhood iff |i - j| <= w."""
     q = torch.arange(window, device=device)[:, None]
     k = torch.arange(3 * window, device=device)[None, :]
     return (k - window - q).abs() <= window
@@ -90,17 +92,19 @@ def longformer_self_attention(
     """One LED encoder self-attention (before its output projection).
 
     attn: a transformers `LEDEncoderSelfAttention` (its weights and window are used, not its code).
-    hidden: [batch, seq, d_model]; is_pad, is_global: [batch, seq] bool. Returns [batch, seq, d_model].
+    hidden: [batch, seq, d_model]; is_pad, is_global: [batch, seq] bool -> [batch, seq, d_model].
     Local tokens attend to keys within `window` positions that are neither padding nor global, plus
     every global key; global tokens attend to every non-padding key with the `*_global` projections;
     padding tokens get a zero output, as in transformers.
     """
-    batch, seq_len, d_model = hidden.shape
+    seq_len, d_model = hidden.shape[1:]
     heads, head_dim, window = attn.num_heads, attn.head_dim, attn.one_sided_attn_window_size
     scale = head_dim**-0.5
     pad_end = (window - seq_len % window) % window
 
-    query = split_heads(attn.query(hidden) * scale, heads, head_dim)  # [batch, heads, seq, head_dim]
+    query = split_heads(
+        attn.query(hidden) * scale, heads, head_dim
+    )  # [batch, heads, seq, head_dim]
     key = split_heads(attn.key(hidden), heads, head_dim)
     value = split_heads(attn.value(hidden), heads, head_dim)
 
@@ -128,8 +132,12 @@ def longformer_self_attention(
 
     # Global queries attend to every non-padding key with the separate global projections.
     hidden_at_slots = hidden.gather(1, slots.positions[..., None].expand(-1, -1, d_model))
-    global_query = split_heads(attn.query_global(hidden_at_slots) * scale, heads, head_dim)  # [b, h, G, hd]
-    full_scores = global_query @ split_heads(attn.key_global(hidden), heads, head_dim).transpose(-1, -2)
+    global_query = split_heads(
+        attn.query_global(hidden_at_slots) * scale, heads, head_dim
+    )  # [b, h, G, hd]
+    full_scores = global_query @ split_heads(attn.key_global(hidden), heads, head_dim).transpose(
+        -1, -2
+    )
     full_scores = torch.where(is_pad[:, None, None, :], MASKED, full_scores)  # [b, h, G, seq]
     full_probs = full_scores.softmax(dim=-1, dtype=torch.float32).to(hidden.dtype)
     global_out = merge_heads(full_probs @ split_heads(attn.value_global(hidden), heads, head_dim))

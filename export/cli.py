@@ -8,7 +8,9 @@ from export.convert import DTYPES, ExportConfig, ExportError, export_model
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    parser.add_argument("--model", required=True, help="hub id or local folder of an LED checkpoint")
+    parser.add_argument(
+        "--model", required=True, help="hub id or local folder of an LED checkpoint"
+    )
     parser.add_argument("--output", required=True, type=Path, help="artifacts folder to create")
     parser.add_argument("--dtype", choices=DTYPES, default="fp32")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (default 17)")
@@ -47,8 +49,12 @@ def summary(folder: Path, manifest: dict) -> str:
     lines += [f"  {name:<28} {entry['bytes'] / 2**20:9.2f} MiB" for name, entry in files.items()]
     validation = manifest["validation"]
     lines.append(
-        "  validation: " + ("not run (pass --validate)" if validation is None else
-                            f"passed ({validation['criterion']}, {len(validation['checks'])} checks)")
+        "  validation: "
+        + (
+            "not run (pass --validate)"
+            if validation is None
+            else f"passed ({validation['criterion']}, {len(validation['checks'])} checks)"
+        )
     )
     return "\n".join(lines)
 

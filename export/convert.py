@@ -30,14 +30,11 @@ from export.fp16 import to_fp16
 from export.graphs import (
     CROSS_KEY,
     CROSS_VALUE,
+    GRAPHS,
     PAST_KEY,
     PAST_VALUE,
     PRESENT_KEY,
     PRESENT_VALUE,
-    DecoderGraph,
-    DecoderOnnxConfig,
-    EncoderGraph,
-    EncoderOnnxConfig,
 )
 from export.manifest import INPUT_TEMPLATE, graph_signature, package_versions, write_manifest
 from export.validate import format_table, validate
@@ -98,7 +95,7 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load_checkpoint(name: str):
-    """Config, model, tokenizer and generation config through `from_pretrained`, with clear errors."""
+    """Model, tokenizer and generation config through `from_pretrained`, with clear errors."""
     if _looks_like_path(name) and not Path(name).expanduser().is_dir():
         raise ExportError(f"model folder not found: {name}")
     source = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
@@ -139,16 +136,17 @@ def save_onnx(model: onnx.ModelProto, path: Path, external_bytes: int = EXTERNAL
     )
 
 
-def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str, keep_fp32: list[str]):
+def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str):
     """Trace one graph with optimum's exporter (TorchScript), then fp16 and final save."""
     traced = path.with_suffix(".fp32-trace")
     traced.mkdir()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings: validation is the check
         export_pytorch(graph, onnx_config, opset, traced / path.name)
-    model = onnx.load(str(traced / path.name))
     if dtype == "fp16":
-        model = to_fp16(model, keep_fp32)
+        model = to_fp16(traced / path.name, onnx_config.FP32_OUTPUTS)
+    else:
+        model = onnx.load(str(traced / path.name))
     save_onnx(model, path)
     shutil.rmtree(traced)
     return graph_signature(model)
@@ -165,10 +163,13 @@ def export_model(cfg: ExportConfig) -> dict:
         model, tokenizer, generation = load_checkpoint(cfg.model)
     output.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=output.parent))
+    work.chmod(0o755)  # mkdtemp makes it private; the artifacts are not
     try:
         manifest = _build(cfg, model, tokenizer, generation, work)
-        if output.exists():
+        if output.is_dir():
             shutil.rmtree(output)
+        elif output.exists():
+            output.unlink()
         work.rename(output)
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -178,24 +179,28 @@ def export_model(cfg: ExportConfig) -> dict:
 def _build(cfg, model, tokenizer, generation, work: Path) -> dict:
     config = model.config
     graphs = {}
-    with step(f"exporting encoder.onnx ({cfg.dtype}, opset {cfg.opset})"):
-        graphs["encoder"] = _export_graph(
-            EncoderGraph(model).eval(), EncoderOnnxConfig(config), work / "encoder.onnx",
-            cfg.opset, cfg.dtype, ["last_hidden_state"],
-        )
-    with step(f"exporting decoder.onnx ({cfg.dtype}, opset {cfg.opset})"):
-        graphs["decoder"] = _export_graph(
-            DecoderGraph(model).eval(), DecoderOnnxConfig(config), work / "decoder.onnx",
-            cfg.opset, cfg.dtype, ["logits"],
-        )
+    for name, (graph, onnx_config) in GRAPHS.items():
+        with step(f"exporting {name}.onnx ({cfg.dtype}, opset {cfg.opset})"):
+            graphs[name] = _export_graph(
+                graph(model).eval(),
+                onnx_config(config),
+                work / f"{name}.onnx",
+                cfg.opset,
+                cfg.dtype,
+            )
 
     report = None
     if cfg.validate:
         with step(f"validating against transformers on {cfg.device}"):
-            report = validate(model, work, cfg.dtype, cfg.device)
+            try:
+                report = validate(model, work, cfg.dtype, cfg.device)
+            except RuntimeError as e:  # onnxruntime's errors, a provider that will not start
+                raise ExportError(f"validation could not run on {cfg.device}: {e}") from e
         print(format_table(report), file=sys.stderr)
         if not report["passed"]:
-            raise ExportError("validation failed: the exported graphs differ from transformers (table above)")
+            raise ExportError(
+                "validation failed: the exported graphs differ from transformers (table above)"
+            )
 
     with step("writing tokenizer, configs and manifest"):
         tokenizer.save_pretrained(str(work))
@@ -239,8 +244,7 @@ def _manifest_body(cfg, model, generation, graphs, report) -> dict:
         "input_template": INPUT_TEMPLATE,
         "generation_defaults": generation.to_diff_dict(),
         "graphs": {
-            "encoder": {"file": "encoder.onnx", **graphs["encoder"]},
-            "decoder": {"file": "decoder.onnx", **graphs["decoder"]},
+            name: {"file": f"{name}.onnx", **signature} for name, signature in graphs.items()
         },
         "tensor_names": {
             "past_key": PAST_KEY,

@@ -28,12 +28,12 @@ CROSS_KEY, CROSS_VALUE = "cross_key_values.{layer}.key", "cross_key_values.{laye
 
 
 def _split(x: torch.Tensor, attn: nn.Module) -> torch.Tensor:
-    """[batch, seq, d_model] -> [batch, heads, seq, head_dim] for a transformers decoder attention."""
+    """[batch, seq, d_model] -> [batch, heads, seq, head_dim] for a transformers attention."""
     return split_heads(x, attn.num_heads, attn.head_dim)
 
 
 class EncoderGraph(nn.Module):
-    """LED encoder + the decoder's cross-attention K/V projections, traceable for any input shape."""
+    """LED encoder + the decoder's cross-attention K/V projections, traceable for any shape."""
 
     def __init__(self, model):
         super().__init__()
@@ -95,7 +95,15 @@ class DecoderGraph(nn.Module):
         valid = attention_mask != 0
         # A row's position counts its own tokens only, so rows with empty cache slots line up.
         positions = valid.long().cumsum(dim=1)[:, -new:] - 1  # [batch, new]
-        hidden = decoder.embed_tokens(input_ids) + decoder.embed_positions.weight[positions]
+        # With tied embeddings the graph holds one copy of the vocab x d_model matrix, transposed
+        # for the logits MatMul (constant folding would otherwise store a transposed second copy).
+        tied = self.lm_head.weight is decoder.embed_tokens.weight
+        out_weight = self.lm_head.weight.t()  # [d_model, vocab]
+        if tied:
+            embeds = out_weight.index_select(1, input_ids.flatten()).t().reshape(batch, new, -1)
+        else:
+            embeds = decoder.embed_tokens(input_ids)
+        hidden = embeds + decoder.embed_positions.weight[positions]
         hidden = decoder.layernorm_embedding(hidden)  # [batch, new, d_model]
 
         # Token t may see every valid cache slot and the new tokens up to itself.
@@ -109,7 +117,9 @@ class DecoderGraph(nn.Module):
         for i, layer in enumerate(decoder.layers):
             attn = layer.self_attn
             key = torch.cat([past_key_values[2 * i], _split(attn.k_proj(hidden), attn)], dim=2)
-            value = torch.cat([past_key_values[2 * i + 1], _split(attn.v_proj(hidden), attn)], dim=2)
+            value = torch.cat(
+                [past_key_values[2 * i + 1], _split(attn.v_proj(hidden), attn)], dim=2
+            )
             present += [key, value]  # [batch, heads, past + new, head_dim]
             query = _split(attn.q_proj(hidden) * attn.scaling, attn)
             scores = torch.where(self_ok, query @ key.transpose(-1, -2), MASKED)
@@ -129,7 +139,7 @@ class DecoderGraph(nn.Module):
             ffn = layer.fc2(layer.activation_fn(layer.fc1(hidden)))
             hidden = layer.final_layer_norm(hidden + ffn)
 
-        logits = self.lm_head(hidden) + self.final_logits_bias.to(hidden.dtype)
+        logits = hidden @ out_weight + self.final_logits_bias.to(hidden.dtype)
         return (logits.float(), *present)
 
 
@@ -148,10 +158,14 @@ class _GraphOnnxConfig(OnnxConfig):
 
 
 class EncoderOnnxConfig(_GraphOnnxConfig):
+    FP32_OUTPUTS = ("last_hidden_state",)  # stays fp32 in fp16 artifacts
+
     @property
     def inputs(self):
         axes = {0: "batch", 1: "encoder_sequence"}
-        return OrderedDict((n, axes) for n in ("input_ids", "attention_mask", "global_attention_mask"))
+        return OrderedDict(
+            (n, axes) for n in ("input_ids", "attention_mask", "global_attention_mask")
+        )
 
     @property
     def outputs(self):
@@ -177,6 +191,8 @@ class EncoderOnnxConfig(_GraphOnnxConfig):
 
 
 class DecoderOnnxConfig(_GraphOnnxConfig):
+    FP32_OUTPUTS = ("logits",)  # stays fp32 in fp16 artifacts
+
     @property
     def inputs(self):
         out = OrderedDict(
@@ -212,3 +228,10 @@ class DecoderOnnxConfig(_GraphOnnxConfig):
             past_key_values=tuple(kv(batch, past) for _ in layers for _ in range(2)),
             cross_key_values=tuple(kv(requests, enc_seq) for _ in layers for _ in range(2)),
         )
+
+
+# Graph file stem -> (module, optimum config), in export order.
+GRAPHS = {
+    "encoder": (EncoderGraph, EncoderOnnxConfig),
+    "decoder": (DecoderGraph, DecoderOnnxConfig),
+}

@@ -30,7 +30,7 @@ class Check:
 
 
 def session(path, device: str = "cpu") -> ort.InferenceSession:
-    """An ONNX Runtime session on one provider; asking for CUDA without it is an error, not a fallback."""
+    """An ONNX Runtime session on one provider; a missing provider is an error, not a fallback."""
     if device == "cuda" and "CUDAExecutionProvider" not in ort.get_available_providers():
         raise RuntimeError("CUDA execution provider is not available in this onnxruntime build")
     options = ort.SessionOptions()
@@ -72,11 +72,18 @@ def encoder_cases(config, rng) -> list[tuple[str, dict]]:
     window, limit = max(config.attention_window), config.max_encoder_position_embeddings
     patterns = ["none", "first", "question", "random"]
     cases = []
-    for i, length in enumerate(sorted({min(n, limit) for n in (1, window - 1, window + 1, 3 * window + 5)})):
-        lengths = [length] if i % 2 == 0 else [length, max(1, length - int(rng.integers(1, window)))]
+    for i, length in enumerate(
+        sorted({min(n, limit) for n in (1, window - 1, window + 1, 3 * window + 5)})
+    ):
+        lengths = (
+            [length] if i % 2 == 0 else [length, max(1, length - int(rng.integers(1, window)))]
+        )
         pattern = patterns[i % len(patterns)]
         cases.append(
-            (f"len={lengths} global={pattern}", random_encoder_inputs(rng, config.vocab_size, lengths, pattern))
+            (
+                f"len={lengths} global={pattern}",
+                random_encoder_inputs(rng, config.vocab_size, lengths, pattern),
+            )
         )
     return cases
 
@@ -120,7 +127,11 @@ def run_decoder_steps(decoder: ort.InferenceSession, config, encoder_out, encode
     empty = np.zeros((batch, heads, 0, config.d_model // heads), float_type)
     layers = range(config.decoder_layers)
     past = {t.format(layer=i): empty for i in layers for t in (PAST_KEY, PAST_VALUE)}
-    cross = {t.format(layer=i): encoder_out[t.format(layer=i)] for i in layers for t in (CROSS_KEY, CROSS_VALUE)}
+    cross = {
+        t.format(layer=i): encoder_out[t.format(layer=i)]
+        for i in layers
+        for t in (CROSS_KEY, CROSS_VALUE)
+    }
     names = [o.name for o in decoder.get_outputs()]
     logits = []
     for step in range(tokens.shape[1]):
@@ -131,7 +142,7 @@ def run_decoder_steps(decoder: ort.InferenceSession, config, encoder_out, encode
             **past,
             **cross,
         }
-        out = dict(zip(names, decoder.run(None, feed)))
+        out = dict(zip(names, decoder.run(None, feed), strict=True))
         logits.append(out["logits"])
         past = {
             p.format(layer=i): out[q.format(layer=i)]
@@ -147,7 +158,14 @@ def compare(graph, output, case, got, want, dtype) -> Check:
     max_rel = max_abs / max(float(np.abs(want).max()) if want.size else 0.0, 1e-12)
     metric, limit = TOLERANCES[dtype]
     finite = bool(np.isfinite(got).all())
-    return Check(graph, output, case, max_abs, max_rel, finite and {"max_abs": max_abs, "max_rel": max_rel}[metric] <= limit)
+    return Check(
+        graph,
+        output,
+        case,
+        max_abs,
+        max_rel,
+        finite and {"max_abs": max_abs, "max_rel": max_rel}[metric] <= limit,
+    )
 
 
 def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = None) -> dict:
@@ -162,15 +180,26 @@ def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = 
     steps = min(DECODER_STEPS, config.max_decoder_position_embeddings)
     for case, inputs in encoder_cases(config, rng):
         want = reference_encoder(model, inputs)
-        got = dict(zip(encoder_names, encoder.run(None, inputs)))
-        checks += [compare("encoder", name, case, got[name], want[name], dtype) for name in encoder_names]
+        got = dict(zip(encoder_names, encoder.run(None, inputs), strict=True))
+        checks += [
+            compare("encoder", name, case, got[name], want[name], dtype) for name in encoder_names
+        ]
 
         tokens = rng.integers(5, config.vocab_size, (inputs["input_ids"].shape[0], steps))
         tokens[:, 0] = config.decoder_start_token_id
-        want_logits = reference_decoder_logits(model, want["last_hidden_state"], inputs["attention_mask"], tokens)
+        want_logits = reference_decoder_logits(
+            model, want["last_hidden_state"], inputs["attention_mask"], tokens
+        )
         got_logits = run_decoder_steps(decoder, config, got, inputs["attention_mask"], tokens)
         checks.append(
-            compare("decoder", "logits", f"{case} steps={steps}", np.stack(got_logits), np.stack(want_logits), dtype)
+            compare(
+                "decoder",
+                "logits",
+                f"{case} steps={steps}",
+                np.stack(got_logits),
+                np.stack(want_logits),
+                dtype,
+            )
         )
     metric, limit = TOLERANCES[dtype]
     return {
@@ -192,9 +221,20 @@ def format_table(report: dict) -> str:
         row[2], row[3] = row[2] and c["passed"], row[3] + 1
     rows = [("graph", "output", "cases", "max abs", "max rel", "ok")]
     for (graph, output), (max_abs, max_rel, passed, cases) in worst.items():
-        rows.append((graph, output, str(cases), f"{max_abs:.2e}", f"{max_rel:.2e}", "yes" if passed else "NO"))
+        rows.append(
+            (
+                graph,
+                output,
+                str(cases),
+                f"{max_abs:.2e}",
+                f"{max_rel:.2e}",
+                "yes" if passed else "NO",
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     verdict = "passed" if report["passed"] else "FAILED"
     lines.append(
         f"validation {verdict}: {report['dtype']} on {report['device']}, {report['criterion']}, "

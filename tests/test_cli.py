@@ -1,12 +1,14 @@
 """The export command: artifacts and manifest, validation output, and its refusals."""
 
 import json
+import os
 import subprocess
 import sys
 
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 from transformers import BartConfig
 
 import export.convert
@@ -20,8 +22,15 @@ def test_manifest_describes_the_artifacts(exported):
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["format_version"] == 1 and manifest["dtype"] == "fp16"
     assert manifest["input_template"] == INPUT_TEMPLATE
-    for name in ("encoder.onnx", "decoder.onnx", "config.json", "generation_config.json",
-                 "tokenizer.json", "vocab.json", "merges.txt"):
+    for name in (
+        "encoder.onnx",
+        "decoder.onnx",
+        "config.json",
+        "generation_config.json",
+        "tokenizer.json",
+        "vocab.json",
+        "merges.txt",
+    ):
         entry = manifest["files"][name]
         assert entry["sha256"] == sha256(folder / name)
         assert entry["bytes"] == (folder / name).stat().st_size
@@ -30,16 +39,30 @@ def test_manifest_describes_the_artifacts(exported):
     assert logits["dtype"] == "float32"  # logits stay fp32 in fp16 artifacts
     present = next(o for o in decoder["outputs"] if o["name"] == "present.0.key")
     assert present["dtype"] == "float16"
-    assert present["shape"] == ["batch", manifest["model"]["decoder_attention_heads"], "total_tokens",
-                                manifest["model"]["head_dim"]]
+    assert present["shape"] == [
+        "batch",
+        manifest["model"]["decoder_attention_heads"],
+        "total_tokens",
+        manifest["model"]["head_dim"],
+    ]
     assert manifest["packages"]["onnxruntime-gpu"] == ort.__version__
     assert manifest["validation"] is None
 
 
 def test_export_with_validation_prints_table(checkpoint, tmp_path, capsys):
     folder, _ = checkpoint
-    code = ledserve(["export", "--model", str(folder), "--output", str(tmp_path / "a"),
-                     "--dtype", "fp16", "--validate"])
+    code = ledserve(
+        [
+            "export",
+            "--model",
+            str(folder),
+            "--output",
+            str(tmp_path / "a"),
+            "--dtype",
+            "fp16",
+            "--validate",
+        ]
+    )
     assert code == 0
     err = capsys.readouterr().err
     assert "validation passed" in err and "cross_key_values.0.key" in err and "logits" in err
@@ -48,8 +71,10 @@ def test_export_with_validation_prints_table(checkpoint, tmp_path, capsys):
 
 
 def test_refuses_non_led_model(tmp_path):
-    BartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1).save_pretrained(tmp_path)
-    with pytest.raises(ExportError, match="'bart' model.*model_type 'led'"):
+    BartConfig(vocab_size=100, d_model=16, encoder_layers=1, decoder_layers=1).save_pretrained(
+        tmp_path
+    )
+    with pytest.raises(ExportError, match=r"'bart' model.*model_type 'led'"):
         export_model(ExportConfig(model=str(tmp_path), output=tmp_path / "out"))
     assert not (tmp_path / "out").exists()
 
@@ -76,8 +101,14 @@ def test_failure_leaves_nothing_behind(checkpoint, tmp_path, monkeypatch):
     folder, _ = checkpoint
 
     def failing_validation(*args, **kwargs):
-        return {"passed": False, "checks": [], "seed": 0, "device": "cpu", "dtype": "fp32",
-                "criterion": "max_abs <= 0.0001"}
+        return {
+            "passed": False,
+            "checks": [],
+            "seed": 0,
+            "device": "cpu",
+            "dtype": "fp32",
+            "criterion": "max_abs <= 0.0001",
+        }
 
     monkeypatch.setattr(export.convert, "validate", failing_validation)
     with pytest.raises(ExportError, match="validation failed"):
@@ -85,11 +116,27 @@ def test_failure_leaves_nothing_behind(checkpoint, tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []  # neither the output nor the temporary folder
 
 
+def test_unreachable_hub_id_is_a_clear_error(tmp_path):
+    """A hub id goes through from_pretrained's hub path; offline, the error says what failed."""
+    run = subprocess.run(
+        [sys.executable, "-m", "export", "--model", "someone/led-model", "--output", str(tmp_path / "o")],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert run.returncode == 2
+    assert "could not load a model config from 'someone/led-model'" in run.stderr
+    assert "Traceback" not in run.stderr
+
+
 def test_python_dash_m_export(checkpoint, tmp_path):
     folder, _ = checkpoint
     run = subprocess.run(
         [sys.executable, "-m", "export", "--model", str(folder), "--output", str(tmp_path / "o")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert run.returncode == 0, run.stderr
     assert "exporting encoder.onnx" in run.stderr and "encoder.onnx" in run.stdout
@@ -106,3 +153,13 @@ def test_demo_command(tmp_path, capsys):
     assert ledserve(["demo", "--workdir", str(tmp_path)]) == 0
     out = capsys.readouterr()
     assert "validation passed" in out.err and "decoder.onnx" in out.out
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
+def test_cuda_validation_without_gpu_is_a_clear_error(checkpoint, tmp_path, capsys):
+    folder, _ = checkpoint
+    args = ["--validate", "--device", "cuda"]
+    code = ledserve(["export", "--model", str(folder), "--output", str(tmp_path / "o"), *args])
+    assert code == 2
+    assert "validation could not run on cuda" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

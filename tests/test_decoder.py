@@ -21,7 +21,7 @@ def encoded(model, folder, rng, lengths, pattern="question"):
     inputs = random_encoder_inputs(rng, model.config.vocab_size, lengths, pattern)
     encoder = session(folder / "encoder.onnx")
     names = [o.name for o in encoder.get_outputs()]
-    return inputs, dict(zip(names, encoder.run(None, inputs)))
+    return inputs, dict(zip(names, encoder.run(None, inputs), strict=True))
 
 
 def teacher_tokens(model, rng, rows, steps=STEPS):
@@ -39,7 +39,9 @@ def test_decoder_steps_match_transformers(checkpoint, exported, dtype, rng):
         tokens = teacher_tokens(model, rng, len(lengths))
         want_hidden = reference_encoder(model, inputs)["last_hidden_state"]
         want = reference_decoder_logits(model, want_hidden, inputs["attention_mask"], tokens)
-        got = run_decoder_steps(decoder, model.config, encoder_out, inputs["attention_mask"], tokens)
+        got = run_decoder_steps(
+            decoder, model.config, encoder_out, inputs["attention_mask"], tokens
+        )
         check = compare("decoder", "logits", str(lengths), np.stack(got), np.stack(want), dtype)
         assert check.passed, check
 
@@ -59,7 +61,7 @@ def _cross(encoder_out, requests=slice(None)):
 def _present_as_past(outputs, names):
     return {
         name.replace("present.", "past_key_values."): value
-        for name, value in zip(names, outputs)
+        for name, value in zip(names, outputs, strict=True)
         if name.startswith("present.")
     }
 
@@ -98,8 +100,11 @@ def test_empty_cache_slots_and_grouped_rows(checkpoint, exported, rng):
         request = slice(row // 2, row // 2 + 1)
         alone.append(
             run_decoder_steps(
-                decoder, model.config, _cross(encoder_out, request),
-                inputs["attention_mask"][request], tokens[row : row + 1],
+                decoder,
+                model.config,
+                _cross(encoder_out, request),
+                inputs["attention_mask"][request],
+                tokens[row : row + 1],
             )
         )
 

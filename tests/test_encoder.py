@@ -10,8 +10,13 @@ PATTERNS = ["none", "first", "question", "random"]
 
 
 def length_grid(model):
-    """1, w-1, w, w+1, 3w+5 for every layer's window w, and a few hundred."""
-    lengths = {300}
+    """1, w-1, w, w+1, 3w+5 for every layer's window w, a few hundred, and the longest input
+    transformers accepts (it pads to a multiple of the largest window within the positions)."""
+    limit, largest = (
+        model.config.max_encoder_position_embeddings,
+        max(model.config.attention_window),
+    )
+    lengths = {300, limit - limit % largest}
     for window in set(model.config.attention_window):
         lengths |= {1, window - 1, window, window + 1, 3 * window + 5}
     return sorted(n for n in lengths if n >= 1)
@@ -30,9 +35,11 @@ def test_encoder_matches_transformers(checkpoint, exported, dtype, rng):
     for row_lengths, pattern in cases:
         inputs = random_encoder_inputs(rng, model.config.vocab_size, row_lengths, pattern)
         want = reference_encoder(model, inputs)
-        got = dict(zip(names, encoder.run(None, inputs)))
+        got = dict(zip(names, encoder.run(None, inputs), strict=True))
         for name in names:
-            check = compare("encoder", name, f"{row_lengths} {pattern}", got[name], want[name], dtype)
+            check = compare(
+                "encoder", name, f"{row_lengths} {pattern}", got[name], want[name], dtype
+            )
             assert check.passed, check
 
 
@@ -45,7 +52,7 @@ def test_all_tokens_global_and_padding_rows(checkpoint, exported, rng):
     inputs["global_attention_mask"][0, :] = 1
     inputs["global_attention_mask"][1, 5] = 1  # global flag on padding: ignored, as in transformers
     want = reference_encoder(model, inputs)
-    got = dict(zip(names, encoder.run(None, inputs)))
+    got = dict(zip(names, encoder.run(None, inputs), strict=True))
     for name in names:
         check = compare("encoder", name, "edge", got[name], want[name], "fp32")
         assert check.passed, check
