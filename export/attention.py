@@ -24,11 +24,9 @@ class GlobalSlots:
     dimension of a zero-size tensor, and G = 0 is the common case).
     """
 
-    positions: (
-        torch.Tensor
-    )  # [batch, G + 1] int64: position of the j-th global token (any if invalid)
+    positions: torch.Tensor  # [batch, G + 1] int64: the j-th global token's position (if valid)
     valid: torch.Tensor  # [batch, G + 1] bool: slot j holds a global token of this row
-    slot_of_position: torch.Tensor  # [batch, seq] int64: slot of a global token (junk for others)
+    slot_of_position: torch.Tensor  # [batch, seq] int64: a global token's slot (junk for others)
 
 
 def global_slots(is_global: torch.Tensor) -> GlobalSlots:
@@ -102,9 +100,8 @@ def longformer_self_attention(
     scale = head_dim**-0.5
     pad_end = (window - seq_len % window) % window
 
-    query = split_heads(
-        attn.query(hidden) * scale, heads, head_dim
-    )  # [batch, heads, seq, head_dim]
+    # query, key, value: [batch, heads, seq, head_dim]
+    query = split_heads(attn.query(hidden) * scale, heads, head_dim)
     key = split_heads(attn.key(hidden), heads, head_dim)
     value = split_heads(attn.value(hidden), heads, head_dim)
 
@@ -132,13 +129,10 @@ def longformer_self_attention(
 
     # Global queries attend to every non-padding key with the separate global projections.
     hidden_at_slots = hidden.gather(1, slots.positions[..., None].expand(-1, -1, d_model))
-    global_query = split_heads(
-        attn.query_global(hidden_at_slots) * scale, heads, head_dim
-    )  # [b, h, G, hd]
-    full_scores = global_query @ split_heads(attn.key_global(hidden), heads, head_dim).transpose(
-        -1, -2
-    )
-    full_scores = torch.where(is_pad[:, None, None, :], MASKED, full_scores)  # [b, h, G, seq]
+    global_query = split_heads(attn.query_global(hidden_at_slots) * scale, heads, head_dim)
+    global_keys = split_heads(attn.key_global(hidden), heads, head_dim)  # [b, h, seq, hd]
+    full_scores = global_query @ global_keys.transpose(-1, -2)  # [batch, heads, G, seq]
+    full_scores = torch.where(is_pad[:, None, None, :], MASKED, full_scores)
     full_probs = full_scores.softmax(dim=-1, dtype=torch.float32).to(hidden.dtype)
     global_out = merge_heads(full_probs @ split_heads(attn.value_global(hidden), heads, head_dim))
     from_global = global_out.gather(1, slots.slot_of_position[..., None].expand(-1, -1, d_model))

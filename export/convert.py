@@ -136,15 +136,17 @@ def save_onnx(model: onnx.ModelProto, path: Path, external_bytes: int = EXTERNAL
     )
 
 
-def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str):
-    """Trace one graph with optimum's exporter (TorchScript), then fp16 and final save."""
-    traced = path.with_suffix(".fp32-trace")
+def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str) -> dict:
+    """Trace one graph with optimum's exporter (TorchScript), convert it to fp16 if asked, save it
+    into the artifacts folder; returns its signature."""
+    traced = path.with_suffix(".trace")  # a scratch folder inside the temporary artifacts folder
     traced.mkdir()
-    with warnings.catch_warnings():
+    with step(f"exporting {path.name} (opset {opset})"), warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tracer and deprecation warnings: validation is the check
         export_pytorch(graph, onnx_config, opset, traced / path.name)
     if dtype == "fp16":
-        model = to_fp16(traced / path.name, onnx_config.FP32_OUTPUTS)
+        with step(f"converting {path.name} to fp16"):
+            model = to_fp16(traced / path.name, onnx_config.FP32_OUTPUTS)
     else:
         model = onnx.load(str(traced / path.name))
     save_onnx(model, path)
@@ -180,14 +182,9 @@ def _build(cfg, model, tokenizer, generation, work: Path) -> dict:
     config = model.config
     graphs = {}
     for name, (graph, onnx_config) in GRAPHS.items():
-        with step(f"exporting {name}.onnx ({cfg.dtype}, opset {cfg.opset})"):
-            graphs[name] = _export_graph(
-                graph(model).eval(),
-                onnx_config(config),
-                work / f"{name}.onnx",
-                cfg.opset,
-                cfg.dtype,
-            )
+        graphs[name] = _export_graph(
+            graph(model).eval(), onnx_config(config), work / f"{name}.onnx", cfg.opset, cfg.dtype
+        )
 
     report = None
     if cfg.validate:

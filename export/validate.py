@@ -68,8 +68,10 @@ def random_encoder_inputs(rng, vocab, lengths, global_pattern):
 
 
 def encoder_cases(config, rng) -> list[tuple[str, dict]]:
-    """Lengths 1, w-1, w+1 and 3w+5 (capped at the model's maximum), batches with padded rows."""
-    window, limit = max(config.attention_window), config.max_encoder_position_embeddings
+    """Lengths 1, w-1, w+1 and 3w+5, batches with padded rows, for the largest window w; capped at
+    the longest input transformers accepts (it pads to a multiple of w within the positions)."""
+    window = max(config.attention_window)
+    limit = config.max_encoder_position_embeddings - config.max_encoder_position_embeddings % window
     patterns = ["none", "first", "question", "random"]
     cases = []
     for i, length in enumerate(
@@ -121,8 +123,11 @@ def reference_decoder_logits(model, encoder_hidden, attention_mask, tokens) -> l
 
 
 def run_decoder_steps(decoder: ort.InferenceSession, config, encoder_out, encoder_mask, tokens):
-    """The ONNX decoder over the same steps, feeding each step's present cache back as past."""
-    float_type = np.float16 if "float16" in decoder.get_inputs()[3].type else np.float32
+    """The ONNX decoder over the same steps, feeding each step's present cache back as past.
+
+    Its cross K/V come from the ONNX encoder, so the decoder's error includes the encoder's."""
+    past_type = next(i.type for i in decoder.get_inputs() if i.name == PAST_KEY.format(layer=0))
+    float_type = np.float16 if past_type == "tensor(float16)" else np.float32
     batch, heads = tokens.shape[0], config.decoder_attention_heads
     empty = np.zeros((batch, heads, 0, config.d_model // heads), float_type)
     layers = range(config.decoder_layers)

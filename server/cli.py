@@ -29,6 +29,8 @@ def demo(args: argparse.Namespace) -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(summary(artifacts, manifest))
+        if not args.workdir:
+            print("(a temporary folder, removed on exit: pass --workdir DIR to keep it)")
     return 0
 
 

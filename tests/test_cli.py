@@ -119,7 +119,15 @@ def test_failure_leaves_nothing_behind(checkpoint, tmp_path, monkeypatch):
 def test_unreachable_hub_id_is_a_clear_error(tmp_path):
     """A hub id goes through from_pretrained's hub path; offline, the error says what failed."""
     run = subprocess.run(
-        [sys.executable, "-m", "export", "--model", "someone/led-model", "--output", str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-m",
+            "export",
+            "--model",
+            "someone/led-model",
+            "--output",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         check=False,
