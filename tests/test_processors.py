@@ -1,0 +1,137 @@
+"""engine/processors.py against transformers' own processors, one by one, on random inputs."""
+
+import numpy as np
+import pytest
+import torch
+from transformers.generation import logits_process as hf
+
+from engine import processors as ours
+from engine.errors import InvalidRequest
+from engine.params import GenerationParams
+
+VOCAB = 40
+
+
+def random_case(rng, rows=5, length=9):
+    ids = rng.integers(0, 12, (rows, length))  # a small id range makes repeats and n-grams likely
+    scores = rng.normal(0, 3, (rows, VOCAB)).astype(np.float32)
+    return ids, scores
+
+
+PAIRS = [
+    (ours.RepetitionPenalty(1.7), hf.RepetitionPenaltyLogitsProcessor(1.7)),
+    (ours.RepetitionPenalty(0.6), hf.RepetitionPenaltyLogitsProcessor(0.6)),
+    (ours.NoRepeatNGram(2), hf.NoRepeatNGramLogitsProcessor(2)),
+    (ours.NoRepeatNGram(3), hf.NoRepeatNGramLogitsProcessor(3)),
+    (ours.SuppressEosBelow(12, 0, (2, 5)), hf.MinLengthLogitsProcessor(12, [2, 5])),
+    (ours.SuppressEosBelow(9, 1, (2,)), hf.MinNewTokensLengthLogitsProcessor(1, 9, 2)),
+    (ours.SuppressEosBelow(8, 1, (2,)), hf.MinNewTokensLengthLogitsProcessor(1, 8, 2)),
+    (ours.ForceToken([7], at=1), hf.ForcedBOSTokenLogitsProcessor(7)),
+    (ours.ForceToken([2], at=9), hf.ForcedEOSTokenLogitsProcessor(10, 2)),
+    (ours.Temperature(0.7), hf.TemperatureLogitsWarper(0.7)),
+    (ours.TopK(5), hf.TopKLogitsWarper(5)),
+    (ours.TopK(1, 3), hf.TopKLogitsWarper(1, min_tokens_to_keep=3)),
+    (ours.TopP(0.8), hf.TopPLogitsWarper(0.8)),
+    (ours.TopP(0.05, 2), hf.TopPLogitsWarper(0.05, min_tokens_to_keep=2)),
+]
+
+
+@pytest.mark.parametrize("pair", PAIRS, ids=lambda p: f"{type(p[0]).__name__}")
+@pytest.mark.parametrize("length", [1, 2, 9])
+def test_processor_matches_transformers(pair, length, rng):
+    mine, theirs = pair
+    for _ in range(20):
+        ids, scores = random_case(rng, length=length)
+        want = theirs(torch.from_numpy(ids), torch.from_numpy(scores.copy())).numpy()
+        np.testing.assert_allclose(mine(ids, scores), want, rtol=1e-6, atol=1e-6)
+
+
+def test_build_follows_transformers_order(rng):
+    """The whole chain, as generate builds it, on the same inputs."""
+    from transformers import GenerationConfig
+    from transformers.generation.utils import GenerationMixin
+
+    params = GenerationParams(
+        max_new_tokens=12,
+        min_new_tokens=9,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=2,
+        do_sample=True,
+        temperature=0.8,
+        top_k=10,
+        top_p=0.9,
+        eos_token_id=(2,),
+        decoder_start_token_id=2,
+        forced_bos_token_id=0,
+    )
+    config = GenerationConfig(
+        max_length=13,
+        min_new_tokens=9,
+        repetition_penalty=1.3,
+        no_repeat_ngram_size=2,
+        do_sample=True,
+        temperature=0.8,
+        top_k=10,
+        top_p=0.9,
+        eos_token_id=2,
+        decoder_start_token_id=2,
+        forced_bos_token_id=0,
+    )
+    config._eos_token_tensor = torch.tensor([2])
+    chain = GenerationMixin._get_logits_processor(
+        GenerationMixin.__new__(GenerationMixin),
+        config,
+        input_ids_seq_length=1,
+        encoder_input_ids=torch.zeros(1, 3, dtype=torch.long),
+        prefix_allowed_tokens_fn=None,
+        logits_processor=None,
+        device="cpu",
+    )
+    mine = ours.build(params)
+    assert [type(p).__name__ for p in chain] == [
+        "RepetitionPenaltyLogitsProcessor",
+        "NoRepeatNGramLogitsProcessor",
+        "MinNewTokensLengthLogitsProcessor",
+        "ForcedBOSTokenLogitsProcessor",
+        "TemperatureLogitsWarper",
+        "TopKLogitsWarper",
+        "TopPLogitsWarper",
+    ]
+    for length in (1, 4, 11):
+        ids, scores = random_case(rng, length=length)
+        want = chain(torch.from_numpy(ids), torch.from_numpy(scores.copy())).numpy()
+        np.testing.assert_allclose(ours.apply(mine, ids, scores), want, rtol=1e-6, atol=1e-6)
+
+
+LIMITS = dict(max_new_tokens_limit=63, max_beams=8)
+DEFAULTS = {"decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 20}
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"num_beams": 0}, "num_beams must be between 1 and 8, got 0"),
+        ({"num_beams": 9}, "num_beams must be between 1 and 8, got 9"),
+        ({"max_new_tokens": 64}, "max_new_tokens must be between 1 and 63, got 64"),
+        ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
+        ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
+        ({"temperature": -1.0}, "temperature must be > 0, got -1.0"),
+        ({"early_stopping": "sometimes"}, "early_stopping must be"),
+        (
+            {"num_return_sequences": 3, "num_beams": 2},
+            "num_return_sequences must be between 1 and 2",
+        ),
+        ({"typical_p": 0.5}, "unsupported generation parameter 'typical_p'"),
+    ],
+)
+def test_bad_parameters_name_the_field_and_limit(override, message):
+    with pytest.raises(InvalidRequest, match=message):
+        GenerationParams.build(DEFAULTS, **LIMITS, **override)
+
+
+def test_defaults_from_generation_config():
+    params = GenerationParams.build({**DEFAULTS, "num_beams": 4, "length_penalty": 2.0}, **LIMITS)
+    assert (params.max_new_tokens, params.num_beams, params.length_penalty) == (19, 4, 2.0)
+    assert params.eos_token_id == (2,)
+    with pytest.raises(InvalidRequest, match="'bad_words_ids' \\(from generation_config\\)"):
+        GenerationParams.build({**DEFAULTS, "bad_words_ids": [[5]]}, **LIMITS)
