@@ -69,9 +69,10 @@ class GenerationParams:
             if not ok:
                 raise InvalidRequest(message)
 
+        limit = max_new_tokens_limit
         require(
-            1 <= self.max_new_tokens <= max_new_tokens_limit,
-            f"max_new_tokens must be between 1 and {max_new_tokens_limit}, got {self.max_new_tokens}",
+            1 <= self.max_new_tokens <= limit,
+            f"max_new_tokens must be between 1 and {limit}, got {self.max_new_tokens}",
         )
         require(self.min_new_tokens >= 0, f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         require(
@@ -93,11 +94,11 @@ class GenerationParams:
         require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
         require(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
-        limit = self.num_beams if not self.do_sample else max_beams
+        limit, bound = (max_beams, "max beams") if self.do_sample else (self.num_beams, "num_beams")
         require(
             1 <= self.num_return_sequences <= limit,
-            f"num_return_sequences must be between 1 and {limit} "
-            f"({'num_beams' if not self.do_sample else 'max beams'}), got {self.num_return_sequences}",
+            f"num_return_sequences must be between 1 and {limit} ({bound}), "
+            f"got {self.num_return_sequences}",
         )
         require(self.decoder_start_token_id is not None, "decoder_start_token_id is not set")
 
