@@ -67,12 +67,13 @@ def train_tokenizer(folder: Path, vocab_size: int = 400) -> LEDTokenizerFast:
 
 
 def build_random_led(
-    folder: Path, seed: int = 0, weight_std: float = 0.3, **overrides
+    folder: Path, seed: int = 0, weight_std: float = 0.15, eos_bias: float = 0.0, **overrides
 ) -> LEDForConditionalGeneration:
     """Save a random LED (TINY shape unless overridden) and a local tokenizer into `folder`.
 
-    Weights are drawn with a large std (not LED's 0.02) so that attention is peaked and a masking
-    error changes the outputs visibly.
+    Matrices are drawn with a large std (not LED's 0.02) so that attention is peaked and a masking
+    error changes the outputs visibly; layer norms scale by ~1 so that outputs depend on the input.
+    `eos_bias` is added to EOS's logit, so that generation ends at varied lengths.
     """
     folder = Path(folder)
     tokenizer = train_tokenizer(folder)
@@ -81,8 +82,14 @@ def build_random_led(
     torch.manual_seed(seed)
     model = LEDForConditionalGeneration(config).eval()
     with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.normal_(0.0, weight_std)
+        for name, parameter in model.named_parameters():
+            if "layernorm" in name or "layer_norm" in name:
+                parameter.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+            elif name.endswith("bias"):
+                parameter.normal_(0.0, 0.05)
+            else:
+                parameter.normal_(0.0, weight_std)
+        model.final_logits_bias[0, config.eos_token_id] = eos_bias
     model.save_pretrained(str(folder))
     GenerationConfig.from_model_config(config).save_pretrained(str(folder))
     return model

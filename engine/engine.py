@@ -1,0 +1,240 @@
+"""The Engine: owns the sessions and the scheduler, and runs the decode loop.
+
+Every step admits waiting requests (encoding them together), runs the decoder for every live row
+(one call per rows-per-request group size, since the decoder graph groups rows per request),
+applies each request's own processors and search, emits settled tokens and retires finished or
+cancelled requests. `generate` and `stream` drive the loop themselves when no loop thread runs.
+"""
+
+import threading
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from engine.artifacts import Artifacts
+from engine.errors import CapacityExceeded, InvalidRequest
+from engine.kv_cache import KVCache
+from engine.params import GenerationParams
+from engine.request import Event, Request
+from engine.runtime import Runtime, resolve_device
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_rows: int = 64
+    """Decoder rows (sequences, beams included) in one step."""
+    max_queue: int = 256
+    """Requests waiting for admission; past it, submit raises CapacityExceeded."""
+    max_beams: int = 8
+    """Largest num_beams (and sampled num_return_sequences) a request may ask for."""
+    max_encoder_tokens: int = 65536
+    """Input tokens (sum over live requests) whose cross K/V the engine holds at once."""
+
+    def __post_init__(self):
+        for name in ("max_rows", "max_queue", "max_beams", "max_encoder_tokens"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+
+
+class Engine:
+    def __init__(self, runtime: Runtime, config: EngineConfig):
+        self.runtime, self.config = runtime, config
+        manifest = runtime.artifacts.manifest
+        self.defaults = manifest["generation_defaults"]
+        specials = manifest["special_tokens"]
+        self.defaults.setdefault("decoder_start_token_id", specials["decoder_start"])
+        self.defaults.setdefault("eos_token_id", specials["eos"])
+        self.defaults.setdefault("pad_token_id", specials["pad"])
+        self.max_input = manifest["model"]["max_encoder_positions"]
+        self.max_new_tokens = manifest["model"]["max_decoder_positions"] - 1
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.lock = threading.Lock()
+        self._cross_cache: dict = {}
+        self.steps = 0  # decoder steps run, for tests and metrics
+
+    @classmethod
+    def from_artifacts(cls, path, device: str = "auto", verify: bool = True, **config) -> "Engine":
+        artifacts = Artifacts.load(path, verify=verify)
+        return cls(Runtime(artifacts, resolve_device(device)), EngineConfig(**config))
+
+    # -- requests -------------------------------------------------------------------------
+    def params(self, **overrides) -> GenerationParams:
+        return GenerationParams.build(
+            self.defaults, self.max_new_tokens, self.config.max_beams, **overrides
+        )
+
+    def submit(self, input_ids, global_attention_mask=None, **params) -> Request:
+        ids = np.asarray(input_ids, dtype=np.int64)
+        if ids.ndim != 1 or ids.size == 0:
+            raise InvalidRequest("input_ids must be a non-empty list of token ids")
+        if ids.size > self.max_input:
+            raise InvalidRequest(
+                f"input has {ids.size} tokens; the model's maximum is {self.max_input}"
+            )
+        glob = (
+            np.zeros_like(ids)
+            if global_attention_mask is None
+            else np.asarray(global_attention_mask, np.int64)
+        )
+        if glob.shape != ids.shape:
+            raise InvalidRequest("global_attention_mask must have the length of input_ids")
+        request = Request(ids, glob, self.params(**params))
+        if request.rows > self.config.max_rows:
+            raise InvalidRequest(
+                f"request needs {request.rows} rows; max_rows is {self.config.max_rows}"
+            )
+        with self.lock:
+            if len(self.waiting) >= self.config.max_queue:
+                raise CapacityExceeded(f"queue is full ({self.config.max_queue} waiting requests)")
+            self.waiting.append(request)
+        return request
+
+    def cancel(self, request: Request):
+        """The request stops at the next step boundary and frees its rows."""
+        request.cancelled = True
+
+    # -- the loop -------------------------------------------------------------------------
+    def step(self) -> bool:
+        """One iteration; returns False when there was nothing to do."""
+        self._retire(cancelled_only=True)
+        self._admit()
+        if not self.running:
+            return False
+        groups: dict[int, list[Request]] = {}
+        for request in self.running:
+            groups.setdefault(request.rows, []).append(request)
+        for group in groups.values():
+            self._decode(group)
+        self.steps += 1
+        self._retire()
+        return True
+
+    def _admit(self):
+        rows = sum(r.rows for r in self.running)
+        tokens = sum(r.input_ids.size for r in self.running)
+        admitted = []
+        with self.lock:
+            while self.waiting:
+                request = self.waiting[0]
+                if request.cancelled:
+                    self.waiting.popleft()
+                    request.events.put(Event(request.id, [], finished=True, error="cancelled"))
+                    continue
+                fits_rows = rows + request.rows <= self.config.max_rows
+                fits_tokens = tokens + request.input_ids.size <= self.config.max_encoder_tokens
+                alone = not self.running and not admitted  # a long input still runs, by itself
+                if not (fits_rows and (fits_tokens or alone)):
+                    break
+                admitted.append(self.waiting.popleft())
+                rows, tokens = rows + request.rows, tokens + request.input_ids.size
+        if admitted:
+            self._encode(admitted)
+            self.running += admitted
+
+    def _encode(self, requests: list[Request]):
+        length = max(r.input_ids.size for r in requests)
+        ids = np.full((len(requests), length), self.defaults["pad_token_id"], np.int64)
+        mask = np.zeros_like(ids)
+        glob = np.zeros_like(ids)
+        for row, r in enumerate(requests):
+            n = r.input_ids.size
+            ids[row, :n], mask[row, :n], glob[row, :n] = r.input_ids, 1, r.global_attention_mask
+        for request, cross in zip(requests, self.runtime.encode(ids, mask, glob), strict=True):
+            request.cross = cross
+            request.cache = self.runtime.empty_cache(request.rows)
+
+    def _group_cross(self, group: list[Request]):
+        """Cross K/V and encoder mask of a group's requests, padded to the longest, reused while
+        the group does not change (a copy per step would cost as much as the step at 16k)."""
+        key = tuple(r.id for r in group)
+        if key not in self._cross_cache:
+            length = max(r.input_ids.size for r in group)
+            mask = np.zeros((len(group), length), np.int64)
+            for row, r in enumerate(group):
+                mask[row, : r.input_ids.size] = 1
+            cross = [
+                np.concatenate(
+                    [
+                        np.pad(
+                            r.cross[i], ((0, 0), (0, 0), (0, length - r.cross[i].shape[2]), (0, 0))
+                        )
+                        for r in group
+                    ]
+                )
+                for i in range(len(group[0].cross))
+            ]
+            self._cross_cache = {
+                k: v for k, v in self._cross_cache.items() if set(k) <= {r.id for r in self.running}
+            }
+            self._cross_cache[key] = (mask, cross)
+        return self._cross_cache[key]
+
+    def _decode(self, group: list[Request]):
+        mask, cross = self._group_cross(group)
+        cache = KVCache.concat([r.cache for r in group])
+        tokens = np.concatenate([r.search.next_tokens for r in group])
+        logits, present = self.runtime.decode(tokens, cache, mask, cross)
+        start = 0
+        for r in group:
+            rows = np.arange(start, start + r.rows)
+            reorder = r.search.step(logits[rows])
+            r.cache = present.select(rows[reorder])
+            start += r.rows
+            if not r.search.done:
+                r.emit_progress()
+
+    def _retire(self, cancelled_only: bool = False):
+        keep = []
+        for r in self.running:
+            if r.cancelled:
+                r.events.put(Event(r.id, [], finished=True, error="cancelled"))
+            elif r.search.done and not cancelled_only:
+                r.finish()
+            else:
+                keep.append(r)
+                continue
+            r.cache = r.cross = None
+        self.running = keep
+
+    # -- convenience ----------------------------------------------------------------------
+    def run_until_done(self, requests: list[Request]):
+        pending = {r.id for r in requests}
+        while pending & {r.id for r in [*self.waiting, *self.running]}:
+            self.step()
+
+    def generate(self, input_ids, global_attention_mask=None, **params) -> list[list[int]]:
+        """Token ids of each input row -> per row (times num_return_sequences), the tokens
+        transformers' generate returns for it, decoder start token first, padding removed."""
+        masks = global_attention_mask or [None] * len(input_ids)
+        requests = [
+            self.submit(ids, glob, **params) for ids, glob in zip(input_ids, masks, strict=True)
+        ]
+        self.run_until_done(requests)
+        out = []
+        for r in requests:
+            final = _last_event(r)
+            if final.error:
+                raise InvalidRequest(f"request {r.id} ended: {final.error}")
+            out += final.results
+        return out
+
+    def stream(self, input_ids, global_attention_mask=None, **params):
+        """Yield lists of newly settled token ids for one input as they are decided."""
+        request = self.submit(input_ids, global_attention_mask, **params)
+        while True:
+            while request.events.empty():
+                self.step()
+            event = request.events.get()
+            if event.tokens:
+                yield event.tokens
+            if event.finished:
+                return
+
+
+def _last_event(request: Request) -> Event:
+    event = None
+    while not request.events.empty():
+        event = request.events.get()
+    return event
