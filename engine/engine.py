@@ -52,7 +52,11 @@ class Engine:
         self.running: list[Request] = []
         self.lock = threading.Lock()
         self._cross_cache: dict = {}
-        self.steps = 0  # decoder steps run, for tests and metrics
+        self._wake = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.steps = 0  # loop iterations that ran the decoder
+        self.decoder_calls = 0  # decoder graph runs (one per rows-per-request group and step)
+        self.decoder_rows = 0  # rows summed over those runs
 
     @classmethod
     def from_artifacts(cls, path, device: str = "auto", verify: bool = True, **config) -> "Engine":
@@ -89,6 +93,7 @@ class Engine:
             if len(self.waiting) >= self.config.max_queue:
                 raise CapacityExceeded(f"queue is full ({self.config.max_queue} waiting requests)")
             self.waiting.append(request)
+        self._wake.set()
         return request
 
     def cancel(self, request: Request):
@@ -176,6 +181,8 @@ class Engine:
         cache = KVCache.concat([r.cache for r in group])
         tokens = np.concatenate([r.search.next_tokens for r in group])
         logits, present = self.runtime.decode(tokens, cache, mask, cross)
+        self.decoder_calls += 1
+        self.decoder_rows += len(tokens)
         start = 0
         for r in group:
             rows = np.arange(start, start + r.rows)
@@ -198,12 +205,42 @@ class Engine:
             r.cache = r.cross = None
         self.running = keep
 
-    # -- convenience ----------------------------------------------------------------------
-    def run_until_done(self, requests: list[Request]):
-        pending = {r.id for r in requests}
-        while pending & {r.id for r in [*self.waiting, *self.running]}:
-            self.step()
+    # -- driving the loop ------------------------------------------------------------------
+    def start(self):
+        """Run the loop on its own thread (a server's mode); `stop` ends it."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="ledserve-engine", daemon=True)
+            self._thread.start()
 
+    def stop(self):
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            self._wake.set()
+            thread.join()
+
+    def _loop(self):
+        while self._thread is not None:
+            if not self.step():
+                self._wake.wait(timeout=0.1)
+                self._wake.clear()
+
+    def next_event(self, request: Request) -> Event:
+        """The request's next event, stepping the engine here when no loop thread runs."""
+        while self._thread is None and request.events.empty():
+            self.step()
+        return request.events.get()
+
+    def run_until_done(self, requests: list[Request]) -> list[Event]:
+        """Each request's final event."""
+        finals = []
+        for request in requests:
+            event = self.next_event(request)
+            while not event.finished:
+                event = self.next_event(request)
+            finals.append(event)
+        return finals
+
+    # -- convenience ----------------------------------------------------------------------
     def generate(self, input_ids, global_attention_mask=None, **params) -> list[list[int]]:
         """Token ids of each input row -> per row (times num_return_sequences), the tokens
         transformers' generate returns for it, decoder start token first, padding removed."""
@@ -211,30 +248,22 @@ class Engine:
         requests = [
             self.submit(ids, glob, **params) for ids, glob in zip(input_ids, masks, strict=True)
         ]
-        self.run_until_done(requests)
         out = []
-        for r in requests:
-            final = _last_event(r)
+        for final in self.run_until_done(requests):
             if final.error:
-                raise InvalidRequest(f"request {r.id} ended: {final.error}")
+                raise InvalidRequest(f"request {final.request_id} ended: {final.error}")
             out += final.results
         return out
 
     def stream(self, input_ids, global_attention_mask=None, **params):
         """Yield lists of newly settled token ids for one input as they are decided."""
         request = self.submit(input_ids, global_attention_mask, **params)
-        while True:
-            while request.events.empty():
-                self.step()
-            event = request.events.get()
-            if event.tokens:
-                yield event.tokens
-            if event.finished:
-                return
-
-
-def _last_event(request: Request) -> Event:
-    event = None
-    while not request.events.empty():
-        event = request.events.get()
-    return event
+        try:
+            while True:
+                event = self.next_event(request)
+                if event.tokens:
+                    yield event.tokens
+                if event.finished:
+                    return
+        finally:
+            self.cancel(request)  # a consumer that stops early frees the request's rows
