@@ -6,6 +6,7 @@ applies each request's own processors and search, emits settled tokens and retir
 cancelled requests. `generate` and `stream` drive the loop themselves when no loop thread runs.
 """
 
+import functools
 import threading
 from collections import deque
 from dataclasses import dataclass
@@ -13,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from engine.artifacts import Artifacts
+from engine.detokenize import Detokenizer
 from engine.errors import CapacityExceeded, InvalidRequest
 from engine.kv_cache import KVCache
 from engine.params import GenerationParams
@@ -254,6 +256,42 @@ class Engine:
                 raise InvalidRequest(f"request {final.request_id} ended: {final.error}")
             out += final.results
         return out
+
+    # -- text ---------------------------------------------------------------------------
+    @functools.cached_property
+    def tokenizer(self):
+        from transformers import AutoTokenizer
+
+        return AutoTokenizer.from_pretrained(str(self.runtime.artifacts.folder))
+
+    def encode_question(self, question: str, context: str | list[str]):
+        """The model's input template -> (input_ids, global_attention_mask): the question's tokens
+        (and <s>) attend globally. Several passages are joined by newlines."""
+        if not question.strip():
+            raise InvalidRequest("question must not be empty")
+        passages = [context] if isinstance(context, str) else list(context)
+        template = self.runtime.artifacts.manifest["input_template"]
+        text = template.format(question=question, context="\n".join(passages))
+        ids = self.tokenizer(text)["input_ids"]
+        question_part = template.split("{question}")[0] + question
+        width = 1 + len(self.tokenizer(question_part, add_special_tokens=False)["input_ids"])
+        return ids, [int(i < width) for i in range(len(ids))]
+
+    def answer(self, question: str, context: str | list[str], **params) -> str:
+        """The answer text (first returned sequence) to a question about the context."""
+        ids, glob = self.encode_question(question, context)
+        tokens = self.generate([ids], [glob], **params)[0]
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def stream_answer(self, question: str, context: str | list[str], **params):
+        """Yield text deltas of the answer as its tokens are decided."""
+        detokenizer = Detokenizer(self.tokenizer)
+        ids, glob = self.encode_question(question, context)
+        for tokens in self.stream(ids, glob, **params):
+            if delta := detokenizer.add(tokens):
+                yield delta
+        if rest := detokenizer.flush():
+            yield rest
 
     def stream(self, input_ids, global_attention_mask=None, **params):
         """Yield lists of newly settled token ids for one input as they are decided."""

@@ -42,6 +42,10 @@ def random_params(rng):
         repetition_penalty=float(rng.choice([1.0, 1.0, 1.3, 0.8])),
         min_new_tokens=int(rng.choice([0, 0, 3, 8])),
     )
+    if rng.random() < 0.2:
+        params["forced_bos_token_id"] = 0
+    if rng.random() < 0.2:
+        params["forced_eos_token_id"] = 2
     if beams > 1:
         params.update(
             length_penalty=float(rng.choice([1.0, 0.0, 2.0, -0.5])),
