@@ -43,6 +43,7 @@ class BeamSearch(Search):
         else:
             top = np.argsort(-accumulated, kind="stable")[: self.keep]
         top_scores = accumulated[top]
+        self._note_margin(np.sort(accumulated)[::-1][: self.keep + 1])
         top_beams, top_tokens = top // vocab, top % vocab
         candidates = np.concatenate([self.sequences[top_beams], top_tokens[:, None]], axis=1)
         hits = np.isin(top_tokens, self.eos) | (cur_len + 1 >= self.max_length)
@@ -65,6 +66,7 @@ class BeamSearch(Search):
         merged_sequences = self.finished_sequences + [list(c) for c in candidates]
         merged_finished = np.concatenate([self.is_finished, just_finished])
         best = np.argsort(-merged_scores, kind="stable")[:beams]
+        self._note_margin(np.sort(merged_scores)[::-1][: beams + 1])
         self.finished_scores = merged_scores[best]
         self.finished_sequences = [merged_sequences[i] for i in best]
         self.is_finished = merged_finished[best]
@@ -80,6 +82,10 @@ class BeamSearch(Search):
         self.improvable = self.improvable and bool(np.any(best_possible > worst))
         open_beam = not (self.is_finished.all() and params.early_stopping is True)
         self.done = not (self.improvable and open_beam and not hits.all())
+        if self.done and (self.finished_scores[: params.num_return_sequences] <= MASK / 10).any():
+            # Fewer real hypotheses than returned sequences: the rest are -1e9 slots picked among
+            # exact ties, whose order transformers leaves to torch.topk's implementation.
+            self.margin = 0.0
         return reorder
 
     def results(self) -> list[list[int]]:

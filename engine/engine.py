@@ -43,7 +43,7 @@ class Engine:
     def __init__(self, runtime: Runtime, config: EngineConfig):
         self.runtime, self.config = runtime, config
         manifest = runtime.artifacts.manifest
-        self.defaults = manifest["generation_defaults"]
+        self.defaults = dict(manifest["generation_defaults"])
         specials = manifest["special_tokens"]
         self.defaults.setdefault("decoder_start_token_id", specials["decoder_start"])
         self.defaults.setdefault("eos_token_id", specials["eos"])
@@ -154,27 +154,24 @@ class Engine:
 
     def _group_cross(self, group: list[Request]):
         """Cross K/V and encoder mask of a group's requests, padded to the longest, reused while
-        the group does not change (a copy per step would cost as much as the step at 16k)."""
+        the group does not change (a copy per step would cost as much as the step at 16k). A
+        group of one request uses the request's own arrays; a larger group holds a padded copy
+        (known cost: a shared slab would avoid it)."""
         key = tuple(r.id for r in group)
         if key not in self._cross_cache:
             length = max(r.input_ids.size for r in group)
             mask = np.zeros((len(group), length), np.int64)
             for row, r in enumerate(group):
                 mask[row, : r.input_ids.size] = 1
-            cross = [
-                np.concatenate(
-                    [
-                        np.pad(
-                            r.cross[i], ((0, 0), (0, 0), (0, length - r.cross[i].shape[2]), (0, 0))
-                        )
-                        for r in group
-                    ]
-                )
-                for i in range(len(group[0].cross))
-            ]
-            self._cross_cache = {
-                k: v for k, v in self._cross_cache.items() if set(k) <= {r.id for r in self.running}
-            }
+            if len(group) == 1:
+                cross = group[0].cross
+            else:
+                cross = [
+                    np.concatenate([_pad_axis(r.cross[i], 2, length) for r in group])
+                    for i in range(len(group[0].cross))
+                ]
+            live = {r.id for r in self.running}
+            self._cross_cache = {k: v for k, v in self._cross_cache.items() if set(k) <= live}
             self._cross_cache[key] = (mask, cross)
         return self._cross_cache[key]
 
@@ -305,3 +302,10 @@ class Engine:
                     return
         finally:
             self.cancel(request)  # a consumer that stops early frees the request's rows
+
+
+def _pad_axis(array: np.ndarray, axis: int, length: int) -> np.ndarray:
+    """Zero-pad `array` at the end of `axis` to `length`."""
+    widths = [(0, 0)] * array.ndim
+    widths[axis] = (0, length - array.shape[axis])
+    return np.pad(array, widths)

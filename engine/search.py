@@ -24,6 +24,15 @@ class Search:
         )
         self.sequences = np.full((rows, 1), params.decoder_start_token_id, dtype=np.int64)
         self.done = False
+        # Smallest score gap behind any choice made so far: where it is ~1e-6, another runtime's
+        # rounding (ONNX Runtime vs PyTorch) may choose differently.
+        self.margin = np.inf
+
+    def _note_margin(self, ordered: np.ndarray):
+        """ordered: scores sorted best first, around the choices just made."""
+        finite = ordered[np.isfinite(ordered) & (ordered > -1e8)]
+        if finite.size > 1:
+            self.margin = min(self.margin, float(np.min(finite[:-1] - finite[1:])))
 
     @property
     def rows(self) -> int:
@@ -52,6 +61,8 @@ class TokenSearch(Search):
             chosen = np.array([self.rng.choice(len(p), p=p) for p in probs], dtype=np.int64)
         else:
             chosen = scores.argmax(axis=-1)
+            for row in np.flatnonzero(~self.finished):
+                self._note_margin(-np.sort(-scores[row])[:2])
         chosen = np.where(self.finished, self.pad, chosen)
         self.sequences = np.concatenate([self.sequences, chosen[:, None]], axis=1)
         self.finished |= np.isin(chosen, self.eos)
