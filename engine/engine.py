@@ -136,9 +136,9 @@ class Engine:
                     break
                 admitted.append(self.waiting.popleft())
                 rows, tokens = rows + request.rows, tokens + request.input_ids.size
-        if admitted:
-            self._encode(admitted)
-            self.running += admitted
+        for batch in _by_length(admitted):
+            self._encode(batch)
+        self.running += admitted
 
     def _encode(self, requests: list[Request]):
         length = max(r.input_ids.size for r in requests)
@@ -309,3 +309,14 @@ def _pad_axis(array: np.ndarray, axis: int, length: int) -> np.ndarray:
     widths = [(0, 0)] * array.ndim
     widths[axis] = (0, length - array.shape[axis])
     return np.pad(array, widths)
+
+
+def _by_length(requests: list[Request], slack: float = 1.25) -> list[list[Request]]:
+    """Encoder batches of similar input lengths (longest <= slack x shortest), limiting padding."""
+    batches: list[list[Request]] = []
+    for request in sorted(requests, key=lambda r: r.input_ids.size):
+        if batches and request.input_ids.size <= slack * batches[-1][0].input_ids.size:
+            batches[-1].append(request)
+        else:
+            batches.append([request])
+    return batches

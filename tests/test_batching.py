@@ -1,6 +1,7 @@
 """Iteration-level batching: requests joining and leaving mid-flight, cancellation, limits,
 shared cross-attention memory, sampling seeds, the loop thread, and fp16 against fp32."""
 
+import numpy as np
 import pytest
 
 from engine.engine import Engine
@@ -129,3 +130,39 @@ def test_fp16_greedy_agrees_with_fp32(exported, checkpoint, rng):
     total = sum(max(len(s), len(t)) for s, t in zip(a, b, strict=True))
     print(f"fp16 greedy tokens equal to fp32: {same}/{total}")
     assert same / total >= 0.9
+
+
+def test_sampling_draws_from_the_processed_distribution():
+    """Token frequencies of the sampler match softmax of transformers' processed scores."""
+    import torch
+    from transformers.generation import logits_process as hf
+
+    from engine.params import GenerationParams
+    from engine.search import TokenSearch
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 2, (1, 30)).astype(np.float32)
+    params = GenerationParams(
+        do_sample=True,
+        temperature=0.7,
+        top_k=8,
+        top_p=0.9,
+        max_new_tokens=1,
+        eos_token_id=(2,),
+        decoder_start_token_id=2,
+        num_return_sequences=4000,
+        seed=1,
+    )
+    search = TokenSearch(params)
+    search.step(np.repeat(logits, 4000, axis=0))
+    counts = np.bincount(search.sequences[:, 1], minlength=30) / 4000
+    processed = torch.from_numpy(logits)
+    for warper in (
+        hf.TemperatureLogitsWarper(0.7),
+        hf.TopKLogitsWarper(8),
+        hf.TopPLogitsWarper(0.9),
+    ):
+        processed = warper(torch.zeros(1, 1, dtype=torch.long), processed)
+    want = torch.softmax(processed, -1).numpy()[0]
+    assert np.all(counts[want == 0] == 0)  # never a token the warpers removed
+    assert np.abs(counts - want).max() < 0.03  # 4000 draws: a few standard errors
