@@ -12,6 +12,8 @@ from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
+import torch
+from torch.nn import functional
 
 from engine.artifacts import Artifacts
 from engine.detokenize import Detokenizer
@@ -155,24 +157,24 @@ class Engine:
     def _group_cross(self, group: list[Request]):
         """Cross K/V and encoder mask of a group's requests, padded to the longest, reused while
         the group does not change (a copy per step would cost as much as the step at 16k). A
-        group of one request uses the request's own arrays; a larger group holds a padded copy
+        group of one request uses the request's own tensors; a larger group holds a padded copy
         (known cost: a shared slab would avoid it)."""
         key = tuple(r.id for r in group)
         if key not in self._cross_cache:
             length = max(r.input_ids.size for r in group)
-            mask = np.zeros((len(group), length), np.int64)
+            mask = torch.zeros((len(group), length), dtype=torch.int64)
             for row, r in enumerate(group):
                 mask[row, : r.input_ids.size] = 1
             if len(group) == 1:
                 cross = group[0].cross
             else:
                 cross = [
-                    np.concatenate([_pad_axis(r.cross[i], 2, length) for r in group])
+                    torch.cat([_pad_sequence(r.cross[i], length) for r in group])
                     for i in range(len(group[0].cross))
                 ]
             live = {r.id for r in self.running}
             self._cross_cache = {k: v for k, v in self._cross_cache.items() if set(k) <= live}
-            self._cross_cache[key] = (mask, cross)
+            self._cross_cache[key] = (mask.to(self.runtime.device), cross)
         return self._cross_cache[key]
 
     def _decode(self, group: list[Request]):
@@ -304,11 +306,9 @@ class Engine:
             self.cancel(request)  # a consumer that stops early frees the request's rows
 
 
-def _pad_axis(array: np.ndarray, axis: int, length: int) -> np.ndarray:
-    """Zero-pad `array` at the end of `axis` to `length`."""
-    widths = [(0, 0)] * array.ndim
-    widths[axis] = (0, length - array.shape[axis])
-    return np.pad(array, widths)
+def _pad_sequence(tensor: torch.Tensor, length: int) -> torch.Tensor:
+    """[1, heads, seq, head_dim] zero-padded at the end of seq to `length`."""
+    return functional.pad(tensor, (0, 0, 0, length - tensor.shape[2]))
 
 
 def _by_length(requests: list[Request], slack: float = 1.25) -> list[list[Request]]:

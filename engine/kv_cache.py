@@ -1,24 +1,28 @@
-"""The decoder self-attention KV cache of a set of rows; nothing else touches its arrays.
+"""The decoder self-attention KV cache of a set of rows; nothing else touches its tensors.
 
-Rows may hold different numbers of tokens: a shorter row is padded at the front with empty
-slots (attention mask 0), which the decoder graph ignores (positions count a row's own tokens).
+Tensors live on the engine's device (the GPU on CUDA) and are bound to ONNX Runtime by pointer,
+so a beam reorder or a batch change is a device gather, never a host round trip. Rows may hold
+different numbers of tokens: a shorter row is padded at the front with empty slots (mask 0),
+which the decoder graph ignores (positions count a row's own tokens).
 """
 
 from dataclasses import dataclass
 
-import numpy as np
+import torch
+from torch.nn import functional
 
 
 @dataclass
 class KVCache:
-    keys: list[np.ndarray]  # per layer [rows, heads, length, head_dim]
-    values: list[np.ndarray]  # per layer [rows, heads, length, head_dim]
-    mask: np.ndarray  # [rows, length] int64: 1 for a token of the row, 0 for an empty slot
+    keys: list[torch.Tensor]  # per layer [rows, heads, length, head_dim]
+    values: list[torch.Tensor]  # per layer [rows, heads, length, head_dim]
+    mask: torch.Tensor  # [rows, length] int64: 1 for a token of the row, 0 for an empty slot
 
     @classmethod
-    def empty(cls, rows: int, layers: int, heads: int, head_dim: int, dtype) -> "KVCache":
-        blank = np.zeros((rows, heads, 0, head_dim), dtype)
-        return cls([blank] * layers, [blank] * layers, np.zeros((rows, 0), np.int64))
+    def empty(cls, rows, layers, heads, head_dim, dtype, device) -> "KVCache":
+        blank = torch.zeros((rows, heads, 0, head_dim), dtype=dtype, device=device)
+        mask = torch.zeros((rows, 0), dtype=torch.int64, device=device)
+        return cls([blank] * layers, [blank] * layers, mask)
 
     @property
     def rows(self) -> int:
@@ -28,18 +32,16 @@ class KVCache:
     def length(self) -> int:
         return self.mask.shape[1]
 
-    def update(self, keys: list[np.ndarray], values: list[np.ndarray], mask: np.ndarray):
-        """Take the decoder's present arrays (past + the new tokens) and their mask."""
-        self.keys, self.values, self.mask = keys, values, mask
-
     def select(self, rows) -> "KVCache":
-        """These rows, in this order (a beam reorder is select(beam_indices))."""
-        rows = np.asarray(rows)
-        trim = self.length - int(self.mask[rows].sum(axis=1).max()) if len(rows) else 0
+        """These rows, in this order (a beam reorder is select(beam_indices)); slots that are
+        empty in every selected row are dropped."""
+        index = torch.as_tensor(rows, dtype=torch.int64, device=self.mask.device)
+        mask = self.mask.index_select(0, index)
+        trim = self.length - int(mask.sum(dim=1).max()) if len(index) else 0
         return KVCache(
-            [k[rows, :, trim:] for k in self.keys],
-            [v[rows, :, trim:] for v in self.values],
-            self.mask[rows, trim:],
+            [k.index_select(0, index)[:, :, trim:] for k in self.keys],
+            [v.index_select(0, index)[:, :, trim:] for v in self.values],
+            mask[:, trim:],
         )
 
     reorder = select
@@ -47,24 +49,23 @@ class KVCache:
     @staticmethod
     def concat(caches: list["KVCache"]) -> "KVCache":
         """Stack the rows of several caches, front-padding each to the longest."""
+        if len(caches) == 1:
+            return caches[0]
         length = max(c.length for c in caches)
 
-        def pad(a: np.ndarray, axis: int, missing: int) -> np.ndarray:
-            if not missing:
-                return a
-            widths = [(0, 0)] * a.ndim
-            widths[axis] = (missing, 0)
-            return np.pad(a, widths)
+        def stack(tensors, lengths):
+            # pad (head_dim: none, length: in front) of [rows, heads, length, head_dim]
+            return torch.cat(
+                [
+                    functional.pad(t, (0, 0, length - n, 0))
+                    for t, n in zip(tensors, lengths, strict=True)
+                ]
+            )
 
+        lengths = [c.length for c in caches]
         layers = range(len(caches[0].keys))
         return KVCache(
-            [
-                np.concatenate([pad(c.keys[i], 2, length - c.length) for c in caches])
-                for i in layers
-            ],
-            [
-                np.concatenate([pad(c.values[i], 2, length - c.length) for c in caches])
-                for i in layers
-            ],
-            np.concatenate([pad(c.mask, 1, length - c.length) for c in caches]),
+            [stack([c.keys[i] for c in caches], lengths) for i in layers],
+            [stack([c.values[i] for c in caches], lengths) for i in layers],
+            torch.cat([functional.pad(c.mask, (length - c.length, 0)) for c in caches]),
         )

@@ -5,6 +5,7 @@ import queue
 from dataclasses import dataclass, field
 
 import numpy as np
+import torch
 
 from engine.beam import BeamSearch
 from engine.kv_cache import KVCache
@@ -33,7 +34,7 @@ class Request:
     id: int = field(default_factory=lambda: next(_ids))
     search: Search = None
     cache: KVCache | None = None  # [rows] self-attention cache of the search's rows
-    cross: list[np.ndarray] | None = None  # per layer key, value: [1, heads, seq, head_dim]
+    cross: list[torch.Tensor] | None = None  # per layer key, value: [1, heads, seq, head_dim]
     cancelled: bool = False
     emitted: int = 0  # tokens already streamed (start token excluded)
     events: queue.Queue = field(default_factory=queue.Queue)

@@ -1,22 +1,25 @@
 """ONNX Runtime sessions over an artifacts folder, configured in this one place.
 
-`encode` runs encoder.onnx once for a batch of requests; `decode` runs one decoder step for a
-batch of rows grouped per request (see README, "Graph interfaces").
+Inputs and outputs are torch tensors on the engine's device bound through IO binding, on the CPU
+provider as on CUDA: the KV cache and cross-attention K/V stay where they are between steps. Per
+step only the new token ids go in and the logits come back to the host for the search.
 """
 
 import numpy as np
 import onnxruntime as ort
+import torch
 
 from engine.artifacts import Artifacts
 from engine.errors import ArtifactError
 from engine.kv_cache import KVCache
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}
+NUMPY_TYPE = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
 
 
 def resolve_device(device: str) -> str:
     if device == "auto":
-        return "cuda" if "CUDAExecutionProvider" in ort.get_available_providers() else "cpu"
+        return "cuda" if torch.cuda.is_available() else "cpu"
     if device not in PROVIDERS:
         raise ValueError(f"device must be auto, cpu or cuda, got {device!r}")
     return device
@@ -25,62 +28,113 @@ def resolve_device(device: str) -> str:
 class Runtime:
     def __init__(self, artifacts: Artifacts, device: str = "cpu"):
         self.artifacts = artifacts
-        self.device = device
+        self.device_name = device
+        self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
         options = ort.SessionOptions()
         options.log_severity_level = 3
         self.encoder = self._session(artifacts.graph("encoder"), options)
         self.decoder = self._session(artifacts.graph("decoder"), options)
         model = artifacts.model
         self.layers, self.heads = model["decoder_layers"], model["decoder_attention_heads"]
-        self.head_dim = model["head_dim"]
+        self.head_dim, self.vocab = model["head_dim"], model["vocab_size"]
         past = artifacts.tensor_name("past_key", 0)
         past_type = next(i.type for i in self.decoder.get_inputs() if i.name == past)
-        self.float_type = np.float16 if past_type == "tensor(float16)" else np.float32
-        self.decoder_outputs = [o.name for o in self.decoder.get_outputs()]
+        self.float_type = torch.float16 if past_type == "tensor(float16)" else torch.float32
 
     def _session(self, path, options) -> ort.InferenceSession:
+        providers = PROVIDERS[self.device_name]
         try:
-            session = ort.InferenceSession(str(path), options, providers=PROVIDERS[self.device])
+            session = ort.InferenceSession(str(path), options, providers=providers)
         except Exception as e:  # onnxruntime raises its own exception types
             raise ArtifactError(f"onnxruntime could not load {path}: {e}") from e
-        if session.get_providers()[0] != PROVIDERS[self.device][0]:
-            raise ArtifactError(f"{PROVIDERS[self.device][0]} did not start for {path}")
+        if session.get_providers()[0] != providers[0]:
+            raise ArtifactError(f"{providers[0]} did not start for {path}")
         return session
 
-    def empty_cache(self, rows: int) -> KVCache:
-        return KVCache.empty(rows, self.layers, self.heads, self.head_dim, self.float_type)
+    def _bind(self, binding, name: str, tensor: torch.Tensor, output: bool = False):
+        """Bind a contiguous torch tensor by pointer (it must outlive the run)."""
+        bind = binding.bind_output if output else binding.bind_input
+        device = self.device.type
+        bind(
+            name,
+            device,
+            self.device.index or 0,
+            NUMPY_TYPE[tensor.dtype],
+            list(tensor.shape),
+            tensor.data_ptr(),
+        )
 
-    def encode(self, input_ids, attention_mask, global_attention_mask) -> list[list[np.ndarray]]:
-        """[batch, seq] int64 inputs -> per row, the cross K/V of every layer (key, value, ...),
-        each [1, heads, own_length, head_dim]: padding beyond a row's length is dropped."""
-        feed = {
-            "input_ids": input_ids,
-            "attention_mask": attention_mask,
-            "global_attention_mask": global_attention_mask,
-        }
+    def _run(self, session, binding):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # inputs written by torch on its own stream
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    def _tensor(self, array) -> torch.Tensor:
+        return torch.as_tensor(np.ascontiguousarray(array), device=self.device)
+
+    def empty_cache(self, rows: int) -> KVCache:
+        return KVCache.empty(
+            rows, self.layers, self.heads, self.head_dim, self.float_type, self.device
+        )
+
+    def encode(self, input_ids, attention_mask, global_attention_mask) -> list[list[torch.Tensor]]:
+        """[batch, seq] int64 arrays -> per row, the cross K/V of every layer (key, value, ...),
+        each [1, heads, own_length, head_dim] on the device (padding beyond a row is dropped)."""
+        binding = self.encoder.io_binding()
+        inputs = [self._tensor(a) for a in (input_ids, attention_mask, global_attention_mask)]
+        for name, tensor in zip(
+            ("input_ids", "attention_mask", "global_attention_mask"), inputs, strict=True
+        ):
+            self._bind(binding, name, tensor)
+        batch, seq = input_ids.shape
         kinds = ("cross_key", "cross_value")
         names = [self.artifacts.tensor_name(kind, i) for i in range(self.layers) for kind in kinds]
-        outputs = dict(zip(names, self.encoder.run(names, feed), strict=True))
-        lengths = attention_mask.sum(axis=1)
+        shape = (batch, self.heads, seq, self.head_dim)
+        outputs = [torch.empty(shape, dtype=self.float_type, device=self.device) for _ in names]
+        for name, tensor in zip(names, outputs, strict=True):
+            self._bind(binding, name, tensor, output=True)
+        self._run(self.encoder, binding)
+        lengths = attention_mask.sum(axis=1).tolist()
         return [
-            [outputs[name][row : row + 1, :, : lengths[row]] for name in names]
-            for row in range(input_ids.shape[0])
+            [out[row : row + 1, :, : lengths[row]].clone() for out in outputs]
+            for row in range(batch)
         ]
 
-    def decode(self, tokens, cache: KVCache, encoder_mask, cross: list[np.ndarray]):
-        """tokens [batch] fed after `cache` -> (logits [batch, vocab], present KVCache)."""
-        mask = np.concatenate([cache.mask, np.ones((cache.rows, 1), np.int64)], axis=1)
-        feed = {
-            "input_ids": tokens[:, None],
+    def decode(self, tokens, cache: KVCache, encoder_mask: torch.Tensor, cross: list[torch.Tensor]):
+        """tokens [batch] (host) fed after `cache` -> (logits [batch, vocab] on host, present)."""
+        rows = cache.rows
+        mask = torch.cat(
+            [cache.mask, torch.ones((rows, 1), dtype=torch.int64, device=self.device)], 1
+        )
+        binding = self.decoder.io_binding()
+        inputs = {
+            "input_ids": self._tensor(np.asarray(tokens, np.int64)[:, None]),
             "attention_mask": mask,
             "encoder_attention_mask": encoder_mask,
         }
         for i in range(self.layers):
-            feed[self.artifacts.tensor_name("past_key", i)] = cache.keys[i]
-            feed[self.artifacts.tensor_name("past_value", i)] = cache.values[i]
-            feed[self.artifacts.tensor_name("cross_key", i)] = cross[2 * i]
-            feed[self.artifacts.tensor_name("cross_value", i)] = cross[2 * i + 1]
-        out = dict(zip(self.decoder_outputs, self.decoder.run(None, feed), strict=True))
-        keys = [out[self.artifacts.tensor_name("present_key", i)] for i in range(self.layers)]
-        values = [out[self.artifacts.tensor_name("present_value", i)] for i in range(self.layers)]
-        return out["logits"][:, -1], KVCache(keys, values, mask)
+            inputs[self.artifacts.tensor_name("past_key", i)] = cache.keys[i].contiguous()
+            inputs[self.artifacts.tensor_name("past_value", i)] = cache.values[i].contiguous()
+            inputs[self.artifacts.tensor_name("cross_key", i)] = cross[2 * i]
+            inputs[self.artifacts.tensor_name("cross_value", i)] = cross[2 * i + 1]
+        for name, tensor in inputs.items():
+            self._bind(binding, name, tensor)
+        logits = torch.empty((rows, 1, self.vocab), dtype=torch.float32, device=self.device)
+        self._bind(binding, "logits", logits, output=True)
+        shape = (rows, self.heads, cache.length + 1, self.head_dim)
+        keys = [
+            torch.empty(shape, dtype=self.float_type, device=self.device)
+            for _ in range(self.layers)
+        ]
+        values = [
+            torch.empty(shape, dtype=self.float_type, device=self.device)
+            for _ in range(self.layers)
+        ]
+        for i in range(self.layers):
+            self._bind(binding, self.artifacts.tensor_name("present_key", i), keys[i], output=True)
+            self._bind(
+                binding, self.artifacts.tensor_name("present_value", i), values[i], output=True
+            )
+        self._run(self.decoder, binding)
+        return logits[:, 0].cpu().numpy(), KVCache(keys, values, mask)

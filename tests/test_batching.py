@@ -56,7 +56,7 @@ def test_beam_request_holds_one_copy_of_cross_attention(exported, checkpoint, rn
     greedy = engine.submit(ids, max_new_tokens=5, min_new_tokens=5)
     beam = engine.submit(ids, max_new_tokens=5, min_new_tokens=5, num_beams=4)
     engine.step()
-    cross_bytes = [sum(a.nbytes for a in r.cross) for r in (greedy, beam)]
+    cross_bytes = [sum(t.nbytes for t in r.cross) for r in (greedy, beam)]
     assert cross_bytes[0] == cross_bytes[1] > 0
     assert all(a.shape[0] == 1 for a in beam.cross)  # one row of cross K/V for four beams
     assert beam.cache.rows == 4 and greedy.cache.rows == 1
