@@ -115,7 +115,14 @@ class Engine:
         for request in self.running:
             groups.setdefault(request.rows, []).append(request)
         for group in groups.values():
-            self._decode(group)
+            try:
+                self._decode(group)
+            except Exception as e:  # a failing decoder run stops its group, not the others
+                for r in group:
+                    r.failed = f"{type(e).__name__}: {e}"
+        # Padded cross K/V copies of groups that did not run this step are dropped.
+        live = {tuple(r.id for r in group) for group in groups.values()}
+        self._cross_cache = {k: v for k, v in self._cross_cache.items() if k in live}
         self.steps += 1
         self._retire()
         return True
@@ -172,8 +179,6 @@ class Engine:
                     torch.cat([_pad_sequence(r.cross[i], length) for r in group])
                     for i in range(len(group[0].cross))
                 ]
-            live = {r.id for r in self.running}
-            self._cross_cache = {k: v for k, v in self._cross_cache.items() if set(k) <= live}
             self._cross_cache[key] = (mask.to(self.runtime.device), cross)
         return self._cross_cache[key]
 
@@ -187,17 +192,22 @@ class Engine:
         start = 0
         for r in group:
             rows = np.arange(start, start + r.rows)
-            reorder = r.search.step(logits[rows])
-            r.cache = present.select(rows[reorder])
             start += r.rows
+            try:
+                reorder = r.search.step(logits[rows])
+            except Exception as e:  # this request only; the group's others go on
+                r.failed = f"{type(e).__name__}: {e}"
+                continue
+            r.cache = present.select(rows[reorder])
             if not r.search.done:
                 r.emit_progress()
 
     def _retire(self, cancelled_only: bool = False):
         keep = []
         for r in self.running:
-            if r.cancelled:
-                r.events.put(Event(r.id, [], finished=True, error="cancelled"))
+            if r.cancelled or r.failed:
+                error = r.failed or "cancelled"
+                r.events.put(Event(r.id, [], finished=True, error=error))
             elif r.search.done and not cancelled_only:
                 r.finish()
             else:

@@ -36,6 +36,7 @@ class Request:
     cache: KVCache | None = None  # [rows] self-attention cache of the search's rows
     cross: list[torch.Tensor] | None = None  # per layer key, value: [1, heads, seq, head_dim]
     cancelled: bool = False
+    failed: str | None = None  # why the engine stopped it, if it failed
     emitted: int = 0  # tokens already streamed (start token excluded)
     events: queue.Queue = field(default_factory=queue.Queue)
 

@@ -166,3 +166,18 @@ def test_sampling_draws_from_the_processed_distribution():
     want = torch.softmax(processed, -1).numpy()[0]
     assert np.all(counts[want == 0] == 0)  # never a token the warpers removed
     assert np.abs(counts - want).max() < 0.03  # 4000 draws: a few standard errors
+
+
+def test_a_failing_request_does_not_stop_the_others(exported, checkpoint, rng, monkeypatch):
+    _, model = checkpoint
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    ids = list(rng.integers(5, model.config.vocab_size, 20))
+    want = engine.generate([ids], max_new_tokens=6, min_new_tokens=6, num_beams=2)
+    good = engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2)
+    bad = engine.submit(ids, max_new_tokens=6, min_new_tokens=6)
+    same_group = engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2)
+    monkeypatch.setattr(bad.search, "step", lambda logits: 1 / 0)
+    monkeypatch.setattr(same_group.search, "step", lambda logits: 1 / 0)
+    good_final, bad_final, _ = engine.run_until_done([good, bad, same_group])
+    assert bad_final.error == "ZeroDivisionError: division by zero"
+    assert good_final.results == want
