@@ -193,6 +193,9 @@ class Engine:
         for r in group:
             rows = np.arange(start, start + r.rows)
             start += r.rows
+            if not np.isfinite(logits[rows]).all():  # a graph overflow must not pass as tokens
+                r.failed = "the decoder produced non-finite logits (fp16 overflow?)"
+                continue
             try:
                 reorder = r.search.step(logits[rows])
             except Exception as e:  # this request only; the group's others go on
