@@ -51,8 +51,7 @@ def test_build_follows_transformers_order(rng):
     from transformers import GenerationConfig
     from transformers.generation.utils import GenerationMixin
 
-    params = GenerationParams(
-        max_new_tokens=12,
+    shared = dict(
         min_new_tokens=9,
         repetition_penalty=1.3,
         no_repeat_ngram_size=2,
@@ -60,23 +59,11 @@ def test_build_follows_transformers_order(rng):
         temperature=0.8,
         top_k=10,
         top_p=0.9,
-        eos_token_id=(2,),
         decoder_start_token_id=2,
         forced_bos_token_id=0,
     )
-    config = GenerationConfig(
-        max_length=13,
-        min_new_tokens=9,
-        repetition_penalty=1.3,
-        no_repeat_ngram_size=2,
-        do_sample=True,
-        temperature=0.8,
-        top_k=10,
-        top_p=0.9,
-        eos_token_id=2,
-        decoder_start_token_id=2,
-        forced_bos_token_id=0,
-    )
+    params = GenerationParams(max_new_tokens=12, eos_token_id=(2,), **shared)
+    config = GenerationConfig(max_length=13, eos_token_id=2, **shared)
     config._eos_token_tensor = torch.tensor([2])
     chain = GenerationMixin._get_logits_processor(
         GenerationMixin.__new__(GenerationMixin),
