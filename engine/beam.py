@@ -4,6 +4,7 @@ early-stopping modes and their stopping heuristic, in float32 as transformers co
 """
 
 import numpy as np
+import torch
 
 from engine import processors
 from engine.params import GenerationParams
@@ -13,11 +14,10 @@ MASK = np.float32(-1.0e9)
 
 
 class BeamSearch(Search):
-    def __init__(self, params: GenerationParams, rng: np.random.Generator | None = None):
+    def __init__(self, params: GenerationParams):
         super().__init__(params, params.num_beams)
         beams = params.num_beams
         self.keep = max(2, 1 + len(params.eos_token_id)) * beams  # candidates per step
-        self.rng = rng if rng is not None else np.random.default_rng(params.seed)
         self.running_scores = np.full(beams, MASK, np.float32)
         self.running_scores[0] = 0.0
         # The finished set: `beams` slots, best first; placeholders score -1e9.
@@ -29,27 +29,30 @@ class BeamSearch(Search):
     def _penalised(self, scores: np.ndarray, generated: int) -> np.ndarray:
         return (scores / np.float32(generated**self.params.length_penalty)).astype(np.float32)
 
-    def step(self, logits: np.ndarray) -> np.ndarray:
-        """logits: [beams, vocab] of the running beams -> index of the beam each new one extends."""
+    def step(self, logits: torch.Tensor) -> np.ndarray:
+        """logits: [beams, vocab] of the running beams, on the device -> index of the beam each
+        new one extends. Only the `keep` best candidates (ids and scores) come to the host."""
         params, beams = self.params, self.params.num_beams
         cur_len, vocab = self.sequences.shape[1], logits.shape[-1]
-        log_probs = processors.log_softmax(logits.astype(np.float32))
-        log_probs = processors.apply(self.chain, self.sequences, log_probs)
-        accumulated = (log_probs + self.running_scores[:, None]).reshape(-1)  # [beams * vocab]
+        ids = torch.as_tensor(self.sequences, device=logits.device)
+        log_probs = processors.apply(self.chain, ids, logits.float().log_softmax(dim=-1))
+        running = torch.as_tensor(self.running_scores, device=logits.device)
+        accumulated = (log_probs + running[:, None]).reshape(-1)  # [beams * vocab]
 
         if params.do_sample:
-            probs = processors.softmax(accumulated.astype(np.float64))
-            top = self.rng.choice(accumulated.size, self.keep, replace=False, p=probs)
+            generator = self.generator(logits.device)
+            top = torch.multinomial(accumulated.softmax(-1), self.keep, generator=generator)
+            top_scores = accumulated[top]
         else:
-            top = np.argsort(-accumulated, kind="stable")[: self.keep]
-        top_scores = accumulated[top]
-        self._note_margin(np.sort(accumulated)[::-1][: self.keep + 1])
+            top_scores, top = torch.topk(accumulated, self.keep)  # as transformers, ties too
+        self._note_margin(torch.topk(accumulated, self.keep + 1).values.cpu().numpy())
+        top, top_scores = top.cpu().numpy(), top_scores.cpu().numpy()
         top_beams, top_tokens = top // vocab, top % vocab
         candidates = np.concatenate([self.sequences[top_beams], top_tokens[:, None]], axis=1)
         hits = np.isin(top_tokens, self.eos) | (cur_len + 1 >= self.max_length)
 
         # Running beams: the best candidates that did not stop.
-        running = np.argsort(-(top_scores + hits.astype(np.float32) * MASK), kind="stable")[:beams]
+        running = _topk(top_scores + hits.astype(np.float32) * MASK, beams)
         self.running_scores = (top_scores + hits.astype(np.float32) * MASK)[running]
         reorder = top_beams[running]
         self.sequences = candidates[running]
@@ -65,7 +68,7 @@ class BeamSearch(Search):
         merged_scores = np.concatenate([self.finished_scores, scores])
         merged_sequences = self.finished_sequences + [list(c) for c in candidates]
         merged_finished = np.concatenate([self.is_finished, just_finished])
-        best = np.argsort(-merged_scores, kind="stable")[:beams]
+        best = _topk(merged_scores, beams)
         self._note_margin(np.sort(merged_scores)[::-1][: beams + 1])
         self.finished_scores = merged_scores[best]
         self.finished_sequences = [merged_sequences[i] for i in best]
@@ -93,3 +96,8 @@ class BeamSearch(Search):
         return [
             list(map(int, s)) for s in self.finished_sequences[: self.params.num_return_sequences]
         ]
+
+
+def _topk(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k best, in torch.topk's order (so exact ties break as transformers')."""
+    return torch.topk(torch.from_numpy(scores), k).indices.numpy()

@@ -189,15 +189,16 @@ class Engine:
         logits, present = self.runtime.decode(tokens, cache, mask, cross)
         self.decoder_calls += 1
         self.decoder_rows += len(tokens)
+        finite = torch.isfinite(logits).all(dim=-1).cpu().numpy()  # [rows] bool
         start = 0
         for r in group:
             rows = np.arange(start, start + r.rows)
             start += r.rows
-            if not np.isfinite(logits[rows]).all():  # a graph overflow must not pass as tokens
+            if not finite[rows].all():  # a graph overflow must not pass as tokens
                 r.failed = "the decoder produced non-finite logits (fp16 overflow?)"
                 continue
             try:
-                reorder = r.search.step(logits[rows])
+                reorder = r.search.step(logits[rows[0] : rows[-1] + 1])
             except Exception as e:  # this request only; the group's others go on
                 r.failed = f"{type(e).__name__}: {e}"
                 continue

@@ -1,15 +1,16 @@
-"""Logits processors with transformers' semantics and order, over numpy arrays.
+"""Logits processors with transformers' semantics and order, on the engine's device.
 
 Each processor is a callable `(ids, scores) -> scores`: ids [rows, length] int64 are the decoder
-tokens so far (the start token included, as transformers sees them), scores [rows, vocab] float32.
+tokens so far (the start token included, as transformers sees them), scores [rows, vocab] float32,
+both torch tensors on the device where the logits are, so vocabulary-sized work never leaves it.
 `build` returns only the processors a request's parameters need, in transformers' order.
 """
 
-import numpy as np
+import torch
 
 from engine.params import GenerationParams
 
-NEG_INF = -np.inf
+NEG_INF = float("-inf")
 
 
 class RepetitionPenalty:
@@ -17,11 +18,9 @@ class RepetitionPenalty:
         self.penalty = penalty
 
     def __call__(self, ids, scores):
-        rows = np.arange(ids.shape[0])[:, None]
-        picked = scores[rows, ids]
-        scores = scores.copy()
-        scores[rows, ids] = np.where(picked < 0, picked * self.penalty, picked / self.penalty)
-        return scores
+        picked = torch.gather(scores, 1, ids)
+        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
+        return scores.scatter(1, ids, picked)
 
 
 class NoRepeatNGram:
@@ -32,8 +31,8 @@ class NoRepeatNGram:
         n, length = self.size, ids.shape[1]
         if length + 1 < n:
             return scores
-        scores = scores.copy()
-        for row, tokens in enumerate(ids.tolist()):
+        scores = scores.clone()
+        for row, tokens in enumerate(ids.tolist()):  # token ids only cross to the host
             prefix = tuple(tokens[length + 1 - n :])
             banned = [
                 tokens[i + n - 1]
@@ -53,7 +52,7 @@ class SuppressEosBelow:
     def __call__(self, ids, scores):
         if ids.shape[1] - self.skip >= self.minimum:
             return scores
-        scores = scores.copy()
+        scores = scores.clone()
         scores[:, self.eos] = NEG_INF
         return scores
 
@@ -67,7 +66,7 @@ class ForceToken:
     def __call__(self, ids, scores):
         if ids.shape[1] != self.at:
             return scores
-        forced = np.full_like(scores, NEG_INF)
+        forced = torch.full_like(scores, NEG_INF)
         forced[:, self.tokens] = 0
         return forced
 
@@ -77,7 +76,7 @@ class Temperature:
         self.temperature = temperature
 
     def __call__(self, ids, scores):
-        return scores / np.float32(self.temperature)
+        return scores / self.temperature
 
 
 class TopK:
@@ -86,8 +85,8 @@ class TopK:
 
     def __call__(self, ids, scores):
         k = min(self.top_k, scores.shape[-1])
-        kth = -np.sort(-scores, axis=-1)[:, k - 1 : k]
-        return np.where(scores < kth, NEG_INF, scores).astype(scores.dtype)
+        kth = torch.topk(scores, k)[0][..., -1, None]
+        return scores.masked_fill(scores < kth, NEG_INF)
 
 
 class TopP:
@@ -95,25 +94,11 @@ class TopP:
         self.top_p, self.keep = top_p, min_tokens_to_keep
 
     def __call__(self, ids, scores):
-        order = np.argsort(scores, axis=-1, kind="stable")  # ascending, as torch.sort
-        ordered = np.take_along_axis(scores, order, axis=-1)
-        cumulative = np.cumsum(softmax(ordered), axis=-1)
-        remove_sorted = cumulative <= (1 - self.top_p)
-        remove_sorted[:, -self.keep :] = False
-        remove = np.zeros_like(remove_sorted)
-        np.put_along_axis(remove, order, remove_sorted, axis=-1)
-        return np.where(remove, NEG_INF, scores).astype(scores.dtype)
-
-
-def softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(axis=-1, keepdims=True)
-    e = np.exp(shifted)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def log_softmax(x: np.ndarray) -> np.ndarray:
-    shifted = x - x.max(axis=-1, keepdims=True)
-    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        ordered, order = torch.sort(scores, descending=False)
+        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+        remove = cumulative <= (1 - self.top_p)
+        remove[..., -self.keep :] = False
+        return scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
 
 
 def build(params: GenerationParams, prompt_length: int = 1) -> list:
@@ -144,7 +129,7 @@ def build(params: GenerationParams, prompt_length: int = 1) -> list:
     return chain
 
 
-def apply(chain: list, ids: np.ndarray, scores: np.ndarray) -> np.ndarray:
+def apply(chain: list, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
     for processor in chain:
         scores = processor(ids, scores)
     return scores

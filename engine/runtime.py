@@ -2,7 +2,7 @@
 
 Inputs and outputs are torch tensors on the engine's device bound through IO binding, on the CPU
 provider as on CUDA: the KV cache and cross-attention K/V stay where they are between steps. Per
-step only the new token ids go in and the logits come back to the host for the search.
+step only the new token ids go in; processors and search run on the logits where they are.
 """
 
 import numpy as np
@@ -102,7 +102,8 @@ class Runtime:
         ]
 
     def decode(self, tokens, cache: KVCache, encoder_mask: torch.Tensor, cross: list[torch.Tensor]):
-        """tokens [batch] (host) fed after `cache` -> (logits [batch, vocab] on host, present)."""
+        """tokens [batch] (host) fed after `cache` -> (logits [batch, vocab], present), on the
+        device."""
         rows = cache.rows
         mask = torch.cat(
             [cache.mask, torch.ones((rows, 1), dtype=torch.int64, device=self.device)], 1
@@ -137,4 +138,4 @@ class Runtime:
                 binding, self.artifacts.tensor_name("present_value", i), values[i], output=True
             )
         self._run(self.decoder, binding)
-        return logits[:, 0].cpu().numpy(), KVCache(keys, values, mask)
+        return logits[:, 0], KVCache(keys, values, mask)

@@ -1,11 +1,13 @@
 """Token choice for one request: greedy and sampling (beam search is engine/beam.py).
 
-A search owns its request's decoder rows. Each step it takes those rows' logits and returns which
-of its previous rows each row continues (the KV-cache reorder; identity here) and the tokens the
-rows feed next. Semantics follow transformers' `_sample` (greedy when do_sample is False).
+A search owns its request's decoder rows. Each step it takes those rows' logits (on the device,
+where processors and the choice run) and returns which of its previous rows each row continues
+(the KV-cache reorder; identity here); only the chosen token ids come to the host. Semantics
+follow transformers' `_sample` (greedy when do_sample is False).
 """
 
 import numpy as np
+import torch
 
 from engine import processors
 from engine.params import GenerationParams
@@ -34,6 +36,16 @@ class Search:
         if finite.size > 1:
             self.margin = min(self.margin, float(np.min(finite[:-1] - finite[1:])))
 
+    def generator(self, device) -> torch.Generator:
+        """The request's own random generator on the logits' device, seeded once."""
+        if getattr(self, "_generator", None) is None:
+            self._generator = torch.Generator(device=device)
+            if self.params.seed is None:
+                self._generator.seed()
+            else:
+                self._generator.manual_seed(self.params.seed)
+        return self._generator
+
     @property
     def rows(self) -> int:
         return self.sequences.shape[0]
@@ -47,23 +59,24 @@ class Search:
 class TokenSearch(Search):
     """Greedy (argmax) or sampling, one independent sequence per row."""
 
-    def __init__(self, params: GenerationParams, rng: np.random.Generator | None = None):
+    def __init__(self, params: GenerationParams):
         rows = params.num_return_sequences if params.do_sample else 1
         super().__init__(params, rows)
-        self.rng = rng if rng is not None else np.random.default_rng(params.seed)
         self.finished = np.zeros(rows, dtype=bool)
 
-    def step(self, logits: np.ndarray) -> np.ndarray:
-        """logits: [rows, vocab] -> row reorder indices (identity)."""
-        scores = processors.apply(self.chain, self.sequences, logits.astype(np.float32))
+    def step(self, logits: torch.Tensor) -> np.ndarray:
+        """logits: [rows, vocab] on the device -> row reorder indices (identity)."""
+        ids = torch.as_tensor(self.sequences, device=logits.device)
+        scores = processors.apply(self.chain, ids, logits.float())
         if self.params.do_sample:
-            probs = processors.softmax(scores.astype(np.float64))
-            chosen = np.array([self.rng.choice(len(p), p=p) for p in probs], dtype=np.int64)
+            probs = scores.softmax(dim=-1)
+            chosen = torch.multinomial(probs, 1, generator=self.generator(logits.device))[:, 0]
         else:
-            chosen = scores.argmax(axis=-1)
-            for row in np.flatnonzero(~self.finished):
-                self._note_margin(-np.sort(-scores[row])[:2])
-        chosen = np.where(self.finished, self.pad, chosen)
+            chosen = scores.argmax(dim=-1)
+            for row, top in enumerate(torch.topk(scores, 2).values.cpu().numpy()):
+                if not self.finished[row]:
+                    self._note_margin(top)
+        chosen = np.where(self.finished, self.pad, chosen.cpu().numpy())  # the token ids cross
         self.sequences = np.concatenate([self.sequences, chosen[:, None]], axis=1)
         self.finished |= np.isin(chosen, self.eos)
         self.done = bool(self.finished.all()) or self.sequences.shape[1] >= self.max_length

@@ -154,7 +154,7 @@ def test_sampling_draws_from_the_processed_distribution():
         seed=1,
     )
     search = TokenSearch(params)
-    search.step(np.repeat(logits, 4000, axis=0))
+    search.step(torch.from_numpy(np.repeat(logits, 4000, axis=0)))
     counts = np.bincount(search.sequences[:, 1], minlength=30) / 4000
     processed = torch.from_numpy(logits)
     for warper in (
