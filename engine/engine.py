@@ -163,9 +163,9 @@ class Engine:
 
     def _group_cross(self, group: list[Request]):
         """Cross K/V and encoder mask of a group's requests, padded to the longest, reused while
-        the group does not change (a copy per step would cost as much as the step at 16k). A
-        group of one request uses the request's own tensors; a larger group holds a padded copy
-        (known cost: a shared slab would avoid it)."""
+        the group does not change (a copy per step would cost as much as the step at 16k). The
+        requests then hold views into the group's tensors, so each request's K/V exist once
+        (twice only while a changed group is rebuilt)."""
         key = tuple(r.id for r in group)
         if key not in self._cross_cache:
             length = max(r.input_ids.size for r in group)
@@ -179,6 +179,8 @@ class Engine:
                     torch.cat([_pad_sequence(r.cross[i], length) for r in group])
                     for i in range(len(group[0].cross))
                 ]
+                for row, r in enumerate(group):
+                    r.cross = [c[row : row + 1, :, : r.input_ids.size] for c in cross]
             self._cross_cache[key] = (mask.to(self.runtime.device), cross)
         return self._cross_cache[key]
 

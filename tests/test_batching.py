@@ -181,3 +181,18 @@ def test_a_failing_request_does_not_stop_the_others(exported, checkpoint, rng, m
     good_final, bad_final, _ = engine.run_until_done([good, bad, same_group])
     assert bad_final.error == "ZeroDivisionError: division by zero"
     assert good_final.results == want
+
+
+def test_grouped_requests_hold_their_cross_attention_once(exported, checkpoint, rng):
+    """Requests sharing a decoder run keep views into one padded cross K/V, not a second copy."""
+    _, model = checkpoint
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    a = engine.submit(list(rng.integers(5, model.config.vocab_size, 30)), min_new_tokens=3)
+    b = engine.submit(list(rng.integers(5, model.config.vocab_size, 50)), min_new_tokens=3)
+    engine.step()
+    ((mask, cross),) = engine._cross_cache.values()
+    assert mask.shape == (2, 50)
+    for request in (a, b):
+        for own, shared in zip(request.cross, cross, strict=True):
+            assert own.untyped_storage().data_ptr() == shared.untyped_storage().data_ptr()
+            assert own.shape[2] == request.input_ids.size
