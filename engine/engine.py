@@ -172,8 +172,8 @@ class Engine:
             mask = torch.zeros((len(group), length), dtype=torch.int64)
             for row, r in enumerate(group):
                 mask[row, : r.input_ids.size] = 1
-            if len(group) == 1:
-                cross = group[0].cross
+            if len(group) == 1:  # its own tensors (made contiguous once if they were views)
+                cross = group[0].cross = [c.contiguous() for c in group[0].cross]
             else:
                 cross = [
                     torch.cat([_pad_sequence(r.cross[i], length) for r in group])

@@ -53,6 +53,8 @@ class Runtime:
 
     def _bind(self, binding, name: str, tensor: torch.Tensor, output: bool = False):
         """Bind a contiguous torch tensor by pointer (it must outlive the run)."""
+        if not tensor.is_contiguous():  # a pointer to a strided view would read garbage
+            raise ValueError(f"{name}: a non-contiguous tensor cannot be bound")
         bind = binding.bind_output if output else binding.bind_input
         device = self.device.type
         bind(
