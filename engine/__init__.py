@@ -1,1 +1,1 @@
-"""Decoding engine over the exported ONNX graphs (issue 3: not built yet)."""
+"""Decoding engine over the exported ONNX graphs: `engine.engine.Engine` is the entry point."""
