@@ -36,8 +36,8 @@ class BeamSearch(Search):
         cur_len, vocab = self.sequences.shape[1], logits.shape[-1]
         ids = torch.as_tensor(self.sequences, device=logits.device)
         log_probs = processors.apply(self.chain, ids, logits.float().log_softmax(dim=-1))
-        running = torch.as_tensor(self.running_scores, device=logits.device)
-        accumulated = (log_probs + running[:, None]).reshape(-1)  # [beams * vocab]
+        beam_scores = torch.as_tensor(self.running_scores, device=logits.device)
+        accumulated = (log_probs + beam_scores[:, None]).reshape(-1)  # [beams * vocab]
 
         if params.do_sample:
             generator = self.generator(logits.device)
@@ -52,8 +52,9 @@ class BeamSearch(Search):
         hits = np.isin(top_tokens, self.eos) | (cur_len + 1 >= self.max_length)
 
         # Running beams: the best candidates that did not stop.
-        running = _topk(top_scores + hits.astype(np.float32) * MASK, beams)
-        self.running_scores = (top_scores + hits.astype(np.float32) * MASK)[running]
+        open_scores = top_scores + hits.astype(np.float32) * MASK
+        running = _topk(open_scores, beams)
+        self.running_scores = open_scores[running]
         reorder = top_beams[running]
         self.sequences = candidates[running]
 

@@ -4,7 +4,7 @@ Defaults come from the exported generation_config (through the manifest); a requ
 them by name. Unknown or unsupported names are an error, never silently ignored.
 """
 
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 
 from engine.errors import InvalidRequest
 
@@ -101,6 +101,3 @@ class GenerationParams:
             f"got {self.num_return_sequences}",
         )
         require(self.decoder_start_token_id is not None, "decoder_start_token_id is not set")
-
-    def with_overrides(self, **changes) -> "GenerationParams":
-        return replace(self, **changes)

@@ -29,6 +29,7 @@ class Search:
         # Smallest score gap behind any choice made so far: where it is ~1e-6, another runtime's
         # rounding (ONNX Runtime vs PyTorch) may choose differently.
         self.margin = np.inf
+        self._generator: torch.Generator | None = None  # made on the logits' device at first use
 
     def _note_margin(self, ordered: np.ndarray):
         """ordered: scores sorted best first, around the choices just made."""
@@ -38,7 +39,7 @@ class Search:
 
     def generator(self, device) -> torch.Generator:
         """The request's own random generator on the logits' device, seeded once."""
-        if getattr(self, "_generator", None) is None:
+        if self._generator is None:
             self._generator = torch.Generator(device=device)
             if self.params.seed is None:
                 self._generator.seed()
