@@ -20,6 +20,7 @@ from engine.detokenize import Detokenizer
 from engine.errors import CapacityExceeded, InvalidRequest
 from engine.kv_cache import KVCache
 from engine.params import GenerationParams
+from engine.prompt import PromptBuilder
 from engine.request import Event, Request
 from engine.runtime import Runtime, resolve_device
 
@@ -52,6 +53,7 @@ class Engine:
         self.defaults.setdefault("pad_token_id", specials["pad"])
         self.max_input = manifest["model"]["max_encoder_positions"]
         self.max_new_tokens = manifest["model"]["max_decoder_positions"] - 1
+        self.vocab_size = manifest["model"]["vocab_size"]
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.lock = threading.Lock()
@@ -73,13 +75,20 @@ class Engine:
             self.defaults, self.max_new_tokens, self.config.max_beams, **overrides
         )
 
-    def submit(self, input_ids, global_attention_mask=None, **params) -> Request:
+    def submit(self, input_ids, global_attention_mask=None, events=None, **params) -> Request:
+        """Queue one input (token ids) for generation. `events` receives the request's Events
+        (anything with `put`; a fresh queue.Queue by default)."""
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 1 or ids.size == 0:
             raise InvalidRequest("input_ids must be a non-empty list of token ids")
         if ids.size > self.max_input:
             raise InvalidRequest(
                 f"input has {ids.size} tokens; the model's maximum is {self.max_input}"
+            )
+        if ids.min() < 0 or ids.max() >= self.vocab_size:
+            bad = int(ids[(ids < 0) | (ids >= self.vocab_size)][0])
+            raise InvalidRequest(
+                f"input_ids holds {bad}, outside the vocabulary (0 to {self.vocab_size - 1})"
             )
         glob = (
             np.zeros_like(ids)
@@ -88,7 +97,11 @@ class Engine:
         )
         if glob.shape != ids.shape:
             raise InvalidRequest("global_attention_mask must have the length of input_ids")
+        if not np.isin(glob, (0, 1)).all():
+            raise InvalidRequest("global_attention_mask values must be 0 or 1")
         request = Request(ids, glob, self.params(**params))
+        if events is not None:
+            request.events = events
         if request.rows > self.config.max_rows:
             raise InvalidRequest(
                 f"request needs {request.rows} rows; max_rows is {self.config.max_rows}"
@@ -103,6 +116,7 @@ class Engine:
     def cancel(self, request: Request):
         """The request stops at the next step boundary and frees its rows."""
         request.cancelled = True
+        self._wake.set()
 
     # -- the loop -------------------------------------------------------------------------
     def step(self) -> bool:
@@ -135,8 +149,7 @@ class Engine:
             while self.waiting:
                 request = self.waiting[0]
                 if request.cancelled:
-                    self.waiting.popleft()
-                    request.events.put(Event(request.id, [], finished=True, error="cancelled"))
+                    self.waiting.popleft().end("cancelled")
                     continue
                 fits_rows = rows + request.rows <= self.config.max_rows
                 fits_tokens = tokens + request.input_ids.size <= self.config.max_encoder_tokens
@@ -144,10 +157,16 @@ class Engine:
                 if not (fits_rows and (fits_tokens or alone)):
                     break
                 admitted.append(self.waiting.popleft())
+                request.mark("admitted")
                 rows, tokens = rows + request.rows, tokens + request.input_ids.size
         for batch in _by_length(admitted):
-            self._encode(batch)
-        self.running += admitted
+            try:
+                self._encode(batch)
+            except Exception as e:  # this batch's requests end; the engine goes on
+                for r in batch:
+                    r.end(f"encoder failed: {type(e).__name__}: {e}")
+                continue
+            self.running += batch
 
     def _encode(self, requests: list[Request]):
         length = max(r.input_ids.size for r in requests)
@@ -160,6 +179,7 @@ class Engine:
         for request, cross in zip(requests, self.runtime.encode(ids, mask, glob), strict=True):
             request.cross = cross
             request.cache = self.runtime.empty_cache(request.rows)
+            request.mark("encoded")
 
     def _group_cross(self, group: list[Request]):
         """Cross K/V and encoder mask of a group's requests, padded to the longest, reused while
@@ -212,8 +232,7 @@ class Engine:
         keep = []
         for r in self.running:
             if r.cancelled or r.failed:
-                error = r.failed or "cancelled"
-                r.events.put(Event(r.id, [], finished=True, error=error))
+                r.end(r.failed or "cancelled")
             elif r.search.done and not cancelled_only:
                 r.finish()
             else:
@@ -237,7 +256,14 @@ class Engine:
 
     def _loop(self):
         while self._thread is not None:
-            if not self.step():
+            try:
+                busy = self.step()
+            except Exception as e:  # a bug must not leave requests waiting forever
+                for r in self.running:
+                    r.end(f"engine step failed: {type(e).__name__}: {e}")
+                self.running, self._cross_cache = [], {}
+                continue
+            if not busy:
                 self._wake.wait(timeout=0.1)
                 self._wake.clear()
 
@@ -279,30 +305,22 @@ class Engine:
 
         return AutoTokenizer.from_pretrained(str(self.runtime.artifacts.folder))
 
-    def encode_question(self, question: str, context: str | list[str]):
-        """The model's input template -> (input_ids, global_attention_mask): the question's tokens
-        (and <s>) attend globally. Several passages are joined by newlines."""
-        if not question.strip():
-            raise InvalidRequest("question must not be empty")
-        passages = [context] if isinstance(context, str) else list(context)
+    @functools.cached_property
+    def prompts(self) -> PromptBuilder:
         template = self.runtime.artifacts.manifest["input_template"]
-        text = template.format(question=question, context="\n".join(passages))
-        ids = self.tokenizer(text)["input_ids"]
-        question_part = template.split("{question}")[0] + question
-        width = 1 + len(self.tokenizer(question_part, add_special_tokens=False)["input_ids"])
-        return ids, [int(i < width) for i in range(len(ids))]
+        return PromptBuilder(self.tokenizer, template, self.max_input)
 
     def answer(self, question: str, context: str | list[str], **params) -> str:
         """The answer text (first returned sequence) to a question about the context."""
-        ids, glob = self.encode_question(question, context)
-        tokens = self.generate([ids], [glob], **params)[0]
+        prompt = self.prompts.build(question, context)
+        tokens = self.generate([prompt.input_ids], [prompt.global_attention_mask], **params)[0]
         return self.tokenizer.decode(tokens, skip_special_tokens=True)
 
     def stream_answer(self, question: str, context: str | list[str], **params):
         """Yield text deltas of the answer as its tokens are decided."""
         detokenizer = Detokenizer(self.tokenizer)
-        ids, glob = self.encode_question(question, context)
-        for tokens in self.stream(ids, glob, **params):
+        prompt = self.prompts.build(question, context)
+        for tokens in self.stream(prompt.input_ids, prompt.global_attention_mask, **params):
             if delta := detokenizer.add(tokens):
                 yield delta
         if rest := detokenizer.flush():

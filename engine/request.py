@@ -2,6 +2,7 @@
 
 import itertools
 import queue
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,6 +25,8 @@ class Event:
     finished: bool = False
     results: list[list[int]] | None = None  # on the final event: every returned sequence
     error: str | None = None
+    finish_reasons: list[str] | None = None  # per result: "stop" (EOS) or "length"
+    timings: dict[str, float] | None = None  # on the final event: see Request.timings
 
 
 @dataclass
@@ -38,11 +41,32 @@ class Request:
     cancelled: bool = False
     failed: str | None = None  # why the engine stopped it, if it failed
     emitted: int = 0  # tokens already streamed (start token excluded)
-    events: queue.Queue = field(default_factory=queue.Queue)
+    events: queue.Queue = field(default_factory=queue.Queue)  # anything with put(Event)
+    # time.perf_counter() at submit, admission, end of encoding, first streamed token, end
+    times: dict[str, float] = field(default_factory=lambda: {"submitted": time.perf_counter()})
 
     def __post_init__(self):
         beams = self.params.num_beams > 1
         self.search = BeamSearch(self.params) if beams else TokenSearch(self.params)
+
+    def mark(self, moment: str):
+        self.times.setdefault(moment, time.perf_counter())
+
+    def timings(self) -> dict[str, float]:
+        """Seconds: queue (submit to admission), encode, first_token and total (from submit)."""
+        t = self.times
+        since = {k: v - t["submitted"] for k, v in t.items()}
+        return {
+            "queue": since.get("admitted", 0.0),
+            "encode": t["encoded"] - t["admitted"] if "encoded" in t else 0.0,
+            "first_token": since.get("first_token", since.get("finished", 0.0)),
+            "total": since.get("finished", 0.0),
+        }
+
+    def end(self, error: str):
+        """The final event of a request that did not finish: cancelled or failed."""
+        self.mark("finished")
+        self.events.put(Event(self.id, [], finished=True, error=error, timings=self.timings()))
 
     @property
     def rows(self) -> int:
@@ -71,10 +95,18 @@ class Request:
     def emit_progress(self):
         prefix = self.settled_prefix()
         if len(prefix) > self.emitted:
+            self.mark("first_token")
             self.events.put(Event(self.id, prefix[self.emitted :]))
             self.emitted = len(prefix)
 
     def finish(self):
         results = self.search.results()
-        tail = results[0][1 + self.emitted :]
-        self.events.put(Event(self.id, [int(t) for t in tail], finished=True, results=results))
+        tail = [int(t) for t in results[0][1 + self.emitted :]]
+        eos = set(self.params.eos_token_id)
+        reasons = ["stop" if len(r) > 1 and r[-1] in eos else "length" for r in results]
+        if tail:
+            self.mark("first_token")
+        self.mark("finished")
+        self.events.put(
+            Event(self.id, tail, True, results, finish_reasons=reasons, timings=self.timings())
+        )

@@ -1,37 +1,252 @@
 """The `ledserve` command: one entry point over the project's parts.
 
-Each subcommand lives with its part (export/cli.py, ...); this module only dispatches.
+`export` lives with the exporter (export/cli.py); `serve`, `ask` and `demo` are here.
 """
 
 import argparse
+import asyncio
+import signal
+import socket
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
+# ask's generation flags: (flag name = parameter name, type)
+_PARAMETERS = (
+    ("max_new_tokens", int),
+    ("min_new_tokens", int),
+    ("num_beams", int),
+    ("length_penalty", float),
+    ("no_repeat_ngram_size", int),
+    ("repetition_penalty", float),
+    ("num_return_sequences", int),
+    ("temperature", float),
+    ("top_k", int),
+    ("top_p", float),
+    ("seed", int),
+)
+_EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser):
+    from engine.engine import EngineConfig
+
+    defaults = EngineConfig()
+    parser.add_argument("--artifacts", type=Path, required=True, help="an exported folder")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--max-rows",
+        type=int,
+        default=defaults.max_rows,
+        help="decoder rows (beams included) per step",
+    )
+    parser.add_argument(
+        "--max-queue",
+        type=int,
+        default=defaults.max_queue,
+        help="waiting requests; past it RESOURCE_EXHAUSTED",
+    )
+    parser.add_argument("--max-beams", type=int, default=defaults.max_beams)
+    parser.add_argument(
+        "--max-encoder-tokens",
+        type=int,
+        default=defaults.max_encoder_tokens,
+        help="input tokens whose cross K/V are held at once",
+    )
+    parser.add_argument("--max-concurrent-rpcs", type=int, default=1024)
+    parser.add_argument("--max-message-bytes", type=int, default=16 << 20)
+    parser.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics here")
+    parser.add_argument(
+        "--grace-seconds",
+        type=float,
+        default=30.0,
+        help="drain time for in-flight requests after SIGTERM",
+    )
+    parser.add_argument(
+        "--no-verify", action="store_true", help="skip the artifacts' sha256 check at load"
+    )
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
+
+
+def serve(args: argparse.Namespace) -> int:
+    from engine.engine import EngineConfig
+    from server.app import ServerConfig
+    from server.app import serve as run_server
+    from server.logs import configure
+
+    configure(args.log_level)
+    try:
+        config = ServerConfig(
+            artifacts=args.artifacts,
+            host=args.host,
+            port=args.port,
+            device=args.device,
+            engine=EngineConfig(
+                max_rows=args.max_rows,
+                max_queue=args.max_queue,
+                max_beams=args.max_beams,
+                max_encoder_tokens=args.max_encoder_tokens,
+            ),
+            metrics_port=args.metrics_port,
+            grace_seconds=args.grace_seconds,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_message_bytes=args.max_message_bytes,
+            verify_artifacts=not args.no_verify,
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return asyncio.run(run_server(config))
+
+
+def add_ask_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--context", action="append", default=[], help="a passage (repeatable)")
+    parser.add_argument(
+        "--context-file",
+        action="append",
+        default=[],
+        type=Path,
+        help="a .txt, .md or .pdf passage (repeatable)",
+    )
+    parser.add_argument(
+        "--truncation",
+        choices=("context", "reject"),
+        default="context",
+        help="an over-long input: cut the context's end, or refuse it",
+    )
+    parser.add_argument("--timeout", type=float, help="deadline in seconds")
+    parser.add_argument("--request-id", default="")
+    for name, kind in _PARAMETERS:
+        parser.add_argument("--" + name.replace("_", "-"), type=kind)
+    parser.add_argument("--early-stopping", choices=sorted(_EARLY_STOPPING))
+    parser.add_argument("--do-sample", action="store_true", default=None)
+
+
+def ask(args: argparse.Namespace) -> int:
+    """Stream the answer to stdout as it is generated; the summary goes to stderr."""
+    from server.client import Client
+    from server.documents import read_document
+
+    if not args.context and not args.context_file:
+        print("error: give --context TEXT or --context-file FILE", file=sys.stderr)
+        return 2
+    try:
+        passages = args.context + [read_document(f) for f in args.context_file]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parameters = {name: getattr(args, name) for name, _ in _PARAMETERS}
+    parameters["do_sample"] = args.do_sample
+    if args.early_stopping:
+        parameters["early_stopping"] = _EARLY_STOPPING[args.early_stopping]
+    with Client(args.server) as client:
+        return print_answer(
+            client,
+            args.question,
+            passages,
+            request_id=args.request_id,
+            truncation=args.truncation,
+            timeout=args.timeout,
+            **parameters,
+        )
+
+
+def print_answer(client, question: str, passages: list[str], **kwargs) -> int:
+    """Print the answer's text as it streams, then its summary on stderr; the exit code."""
+    import grpc
+
+    from proto.ledserve.v1 import ledserve_pb2 as pb
+
+    try:
+        for chunk in client.stream(question, passages, **kwargs):
+            print(chunk.text, end="", flush=True)
+            summary = chunk.summary
+    except grpc.RpcError as e:
+        print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    print()
+    usage, t = summary.usage, summary.timings
+    truncated = usage.truncated_context_tokens
+    print(
+        f"[{pb.FinishReason.Name(summary.finish_reason).lower()}: {usage.generated_tokens} "
+        f"tokens from {usage.input_tokens} input tokens"
+        + (f" ({truncated} context tokens cut to fit the model)" if truncated else "")
+        + f"; first token {t.first_token_seconds:.3f} s, total {t.total_seconds:.3f} s]",
+        file=sys.stderr,
+    )
+    return 0
+
+
+DEMO_QUESTION = "What is the value of the market?"
+
 
 def demo(args: argparse.Namespace) -> int:
-    """Build the embedded default model (a tiny random LED for now), export and validate it."""
+    """The main job end to end: prepare (or reuse) the embedded default model, export it, serve
+    it in a child process, stream an answer to a question, shut the server down with SIGTERM."""
     from export.cli import summary
     from export.convert import ExportConfig, ExportError, export_model
-    from export.tiny import build_random_led
+    from export.tiny import build_random_led, corpus
+    from server.client import Client
 
     with tempfile.TemporaryDirectory(prefix="ledserve-demo-") as scratch:
         workdir = Path(args.workdir or scratch)
         checkpoint, artifacts = workdir / "checkpoint", workdir / "artifacts"
         if not (checkpoint / "config.json").exists():
-            print(f"building a tiny random LED in {checkpoint} ...", file=sys.stderr)
+            print(f"[demo] building a tiny random LED in {checkpoint}", file=sys.stderr)
             build_random_led(checkpoint)
-        try:
-            manifest = export_model(
-                ExportConfig(model=str(checkpoint), output=artifacts, validate=True, force=True)
-            )
-        except ExportError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 2
-        print(summary(artifacts, manifest))
+        if (artifacts / "manifest.json").exists():
+            print(f"[demo] reusing the exported model in {artifacts}", file=sys.stderr)
+        else:
+            try:
+                manifest = export_model(
+                    ExportConfig(model=str(checkpoint), output=artifacts, validate=True)
+                )
+            except ExportError as e:
+                print(f"error: {e}", file=sys.stderr)
+                return 2
+            print(summary(artifacts, manifest), file=sys.stderr)
+
+        port = args.port or _free_port()
+        log_path = workdir / "server.log"
+        print(f"[demo] serving on 127.0.0.1:{port} (log: {log_path})", file=sys.stderr)
+        command = [sys.executable, "-m", "server.cli", "serve", "--artifacts", str(artifacts),
+                   "--port", str(port), "--device", "cpu"]  # fmt: skip
+        with log_path.open("w") as log, subprocess.Popen(command, stderr=log) as process:
+            try:
+                with Client(f"127.0.0.1:{port}") as client:
+                    client.wait_until_serving(timeout=300, alive=lambda: process.poll() is None)
+                    document = " ".join(corpus(60, seed=1))
+                    print(f"[demo] question: {DEMO_QUESTION}", file=sys.stderr)
+                    print("[demo] answer: ", end="", file=sys.stderr, flush=True)
+                    code = print_answer(
+                        client, DEMO_QUESTION, [document], request_id="demo", timeout=120
+                    )
+            except TimeoutError as e:
+                print(f"error: {e}; server log:\n{log_path.read_text()[-3000:]}", file=sys.stderr)
+                code = 1
+            finally:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    status = process.wait(timeout=60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    status = "killed after 60 s"
+        print(f"[demo] server stopped (exit status {status})", file=sys.stderr)
         if not args.workdir:
-            print("(a temporary folder, removed on exit: pass --workdir DIR to keep it)")
-    return 0
+            print("[demo] (a temporary folder, removed on exit: --workdir DIR keeps and reuses it)",
+                  file=sys.stderr)  # fmt: skip
+    return code or (status != 0)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def main(argv=None) -> int:
@@ -41,13 +256,17 @@ def main(argv=None) -> int:
     from export.cli import add_arguments, run
 
     add_arguments(commands.add_parser("export", help="export an LED checkpoint to ONNX"))
-    demo_parser = commands.add_parser("demo", help="export the embedded default model end to end")
-    demo_parser.add_argument("--workdir", type=Path, help="keep the model and artifacts here")
+    add_serve_arguments(commands.add_parser("serve", help="serve exported artifacts over gRPC"))
+    add_ask_arguments(commands.add_parser("ask", help="ask a running server a question"))
+    demo_parser = commands.add_parser(
+        "demo", help="export the embedded default model, serve it and stream an answer"
+    )
+    demo_parser.add_argument("--workdir", type=Path, help="keep (and reuse) model and artifacts")
+    demo_parser.add_argument("--port", type=int, help="default: a free port")
 
     args = parser.parse_args(argv)
-    if args.command == "export":
-        return run(args)
-    return demo(args)
+    handlers = {"export": run, "serve": serve, "ask": ask, "demo": demo}
+    return handlers[args.command](args)
 
 
 if __name__ == "__main__":

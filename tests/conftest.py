@@ -6,6 +6,7 @@ from transformers import LEDForConditionalGeneration
 
 from export.convert import ExportConfig, export_model
 from export.tiny import build_random_led
+from server.app import BackgroundServer, ServerConfig
 
 # Two shapes with odd, per-layer one-sided windows (6, 2, 3 and 5, 5); transformers itself needs
 # every window to divide the largest one.
@@ -49,3 +50,21 @@ def rng():
     seed = int(np.random.SeedSequence().entropy % 2**32)
     print(f"random seed {seed}")
     return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def served_model(tmp_path_factory):
+    """(checkpoint folder, artifacts folder): the tiny random LED the server tests serve (fp32)."""
+    folder = tmp_path_factory.mktemp("served")
+    build_random_led(folder / "checkpoint", seed=3, eos_bias=1.7)
+    export_model(ExportConfig(model=str(folder / "checkpoint"), output=folder / "artifacts"))
+    return folder / "checkpoint", folder / "artifacts"
+
+
+@pytest.fixture(scope="session")
+def served(served_model):
+    """A real gRPC server on a free loopback port (metrics on another), SERVING."""
+    config = ServerConfig(artifacts=served_model[1], port=0, device="cpu", metrics_port=0)
+    server = BackgroundServer(config)
+    yield server
+    server.stop()

@@ -157,12 +157,6 @@ def test_external_data_is_loadable(exported, tmp_path):
     ort.InferenceSession(str(tmp_path / "decoder.onnx"), providers=["CPUExecutionProvider"])
 
 
-def test_demo_command(tmp_path, capsys):
-    assert ledserve(["demo", "--workdir", str(tmp_path)]) == 0
-    out = capsys.readouterr()
-    assert "validation passed" in out.err and "decoder.onnx" in out.out
-
-
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the machine without a GPU")
 def test_cuda_validation_without_gpu_is_a_clear_error(checkpoint, tmp_path, capsys):
     folder, _ = checkpoint

@@ -7,6 +7,8 @@ from transformers import AutoTokenizer
 from engine.detokenize import Detokenizer
 from engine.engine import Engine
 from engine.errors import InvalidRequest
+from engine.prompt import PromptBuilder
+from export.tiny import corpus
 
 
 @pytest.fixture(scope="module")
@@ -25,15 +27,42 @@ def test_detokenizer_deltas_join_to_the_full_decode(exported, text):
 
 
 def test_question_template_and_global_attention(engine):
-    ids, glob = engine.encode_question("where is the river?", ["first passage.", "second one."])
-    tokenizer = engine.tokenizer
+    prompt = engine.prompts.build("where is the river?", ["first passage.", "second one."])
+    ids, glob, tokenizer = prompt.input_ids, prompt.global_attention_mask, engine.tokenizer
     text = tokenizer.decode(ids, skip_special_tokens=True)
     assert text == "question: where is the river? context: first passage.\nsecond one."
     width = sum(glob)
     assert tokenizer.decode(ids[1:width]) == "question: where is the river?"
     assert glob[:width] == [1] * width and not any(glob[width:])
+    assert prompt.truncated_context_tokens == 0
     with pytest.raises(InvalidRequest, match="question must not be empty"):
-        engine.encode_question("  ", "context")
+        engine.prompts.build("  ", "context")
+
+
+@pytest.mark.parametrize("limit", [40, 41, 97])
+def test_over_long_context_loses_its_end_never_the_question(engine, rng, limit):
+    tokenizer, question = engine.tokenizer, "which city is north of the river?"
+    context = " ".join(corpus(int(rng.integers(20, 40)), seed=int(rng.integers(1 << 30))))
+    prompts = PromptBuilder(tokenizer, engine.prompts.template, limit)
+    prompt = prompts.build(question, context)
+    ids = prompt.input_ids
+    assert limit - 3 <= len(ids) <= limit  # cut at a context token boundary: close to the limit
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    head = f"question: {question} context: "
+    assert text.startswith(head) and context.startswith(text[len(head) :])
+    kept = len(tokenizer(text[len(head) :], add_special_tokens=False)["input_ids"])
+    total = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    assert prompt.truncated_context_tokens == total - kept > 0
+    assert sum(prompt.global_attention_mask) == sum(
+        engine.prompts.build(question, "x").global_attention_mask
+    )
+    full = len(engine.prompts.build(question, context).input_ids)
+    message = rf"input has {full} tokens; the model's maximum is {limit} \(truncation is REJECT\)"
+    with pytest.raises(InvalidRequest, match=message):
+        prompts.build(question, context, truncate=False)
+    message = r"question is too long: the input without context has \d+ tokens; the model's max"
+    with pytest.raises(InvalidRequest, match=message):
+        PromptBuilder(tokenizer, engine.prompts.template, 5).build(question, context)
 
 
 def test_streamed_answer_equals_answer(engine):

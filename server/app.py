@@ -1,0 +1,160 @@
+"""The server's lifecycle: listen at once with health NOT_SERVING, load and warm up the engine (its
+decode loop on its own thread), flip health to SERVING, and on SIGTERM/SIGINT stop accepting,
+drain in-flight streams within the grace period, stop the engine and exit."""
+
+import asyncio
+import logging
+import signal
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from engine.engine import Engine, EngineConfig
+from proto.ledserve.v1 import ledserve_pb2, ledserve_pb2_grpc
+from server.logs import log
+from server.metrics import Metrics
+from server.service import LedServeService
+
+SERVICE = ledserve_pb2.DESCRIPTOR.services_by_name["LedServe"].full_name  # "ledserve.v1.LedServe"
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    artifacts: Path
+    host: str = "127.0.0.1"
+    port: int = 50051
+    """0 picks a free port."""
+    device: str = "auto"
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    metrics_port: int | None = None
+    """Prometheus /metrics on host:metrics_port; None: not exposed (0 picks a free port)."""
+    grace_seconds: float = 30.0
+    """How long in-flight requests may run on after SIGTERM before they are cancelled."""
+    max_concurrent_rpcs: int = 1024
+    """RPCs in progress (health checks included); past it gRPC answers RESOURCE_EXHAUSTED."""
+    max_message_bytes: int = 16 << 20
+    verify_artifacts: bool = True
+    """Check every artifact file's sha256 at load (seconds for a large model)."""
+
+    def __post_init__(self):
+        if self.grace_seconds < 0 or self.max_concurrent_rpcs < 1 or self.max_message_bytes < 1:
+            raise ValueError("grace_seconds >= 0, max_concurrent_rpcs >= 1, max_message_bytes >= 1")
+
+
+class LedServer:
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None):
+        self.config = config
+        self.metrics = metrics or Metrics()
+        self.service = LedServeService(self.metrics)
+        self.health = health_aio.HealthServicer()
+        self.port = self.metrics_port = None
+        self._grpc = self._metrics_http = None
+
+    async def start(self) -> int:
+        """Listen (health NOT_SERVING until `load` finishes); returns the bound port."""
+        c = self.config
+        options = [
+            ("grpc.max_receive_message_length", c.max_message_bytes),
+            ("grpc.max_send_message_length", c.max_message_bytes),
+        ]
+        self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=c.max_concurrent_rpcs)
+        ledserve_pb2_grpc.add_LedServeServicer_to_server(self.service, self._grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
+        names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self._grpc)
+        for name in ("", SERVICE):
+            await self.health.set(name, NOT_SERVING)
+        self.port = self._grpc.add_insecure_port(f"{c.host}:{c.port}")
+        if self.port == 0:
+            raise OSError(f"could not listen on {c.host}:{c.port}")
+        await self._grpc.start()
+        if c.metrics_port is not None:
+            self._metrics_http = self.metrics.serve_http(c.host, c.metrics_port)
+            self.metrics_port = self._metrics_http.server_port
+        log("server.listening", host=c.host, port=self.port, metrics_port=self.metrics_port)
+        return self.port
+
+    async def load(self):
+        """Load the artifacts, start the decode loop, run one warm-up request, then SERVING."""
+        c = self.config
+        log("model.loading", artifacts=str(c.artifacts), device=c.device)
+        engine = await asyncio.to_thread(
+            Engine.from_artifacts, c.artifacts, c.device, c.verify_artifacts, **vars(c.engine)
+        )
+        engine.start()
+        prompt = await asyncio.to_thread(engine.prompts.build, "warm up?", "warm up.")
+        await asyncio.to_thread(
+            engine.generate, [prompt.input_ids], [prompt.global_attention_mask], max_new_tokens=2
+        )
+        self.metrics.watch(engine)
+        self.service.engine = engine
+        for name in ("", SERVICE):
+            await self.health.set(name, SERVING)
+        log("model.ready", device=engine.runtime.device_name, **vars(c.engine))
+
+    async def stop(self, grace: float | None = None):
+        """Refuse new RPCs, let in-flight ones finish within `grace` seconds, then stop."""
+        grace = self.config.grace_seconds if grace is None else grace
+        log("server.draining", grace_seconds=grace)
+        await self.health.enter_graceful_shutdown()
+        if self._grpc is not None:
+            await self._grpc.stop(grace)
+        engine, self.service.engine = self.service.engine, None
+        if engine is not None:
+            engine.stop()
+        if self._metrics_http is not None:
+            self._metrics_http.shutdown()
+        log("server.stopped")
+
+
+async def serve(config: ServerConfig) -> int:
+    """Run until SIGTERM or SIGINT; returns the process exit code."""
+    server = LedServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    await server.start()
+    try:
+        await server.load()
+    except Exception as e:
+        log("model.load_failed", logging.ERROR, exc_info=e, message=f"{type(e).__name__}: {e}")
+        await server.stop(0)
+        return 2
+    await stop.wait()
+    await server.stop()
+    return 0
+
+
+class BackgroundServer:
+    """A LedServer on an event loop in a thread of its own (tests, benchmarks): listening when
+    the constructor returns, and loaded (SERVING) unless `load` is False."""
+
+    def __init__(self, config: ServerConfig, metrics: Metrics | None = None, load: bool = True):
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self._thread.start()
+        self.server = LedServer(config, metrics)
+        self.port = self._run(self.server.start())
+        self.engine = None
+        if load:
+            self.load()
+
+    def load(self):
+        self._run(self.server.load())
+        self.engine = self.server.service.engine
+
+    def _run(self, coroutine):
+        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
+
+    def stop(self, grace: float = 0):
+        self._run(self.server.stop(grace))
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join()

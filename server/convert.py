@@ -1,0 +1,150 @@
+"""Protobuf <-> engine values, in one place: generation parameters both ways, the request's input,
+and the summary of a finished request. Validation of the protobuf's shape happens here; the
+engine validates values (ranges, limits) and names the field in its messages."""
+
+from dataclasses import dataclass
+
+from engine.errors import InvalidRequest
+from proto.ledserve.v1 import ledserve_pb2 as pb
+
+# proto field -> GenerationParams name: the same names, listed so that a proto field without an
+# engine counterpart cannot slip through.
+PARAMETERS = (
+    "max_new_tokens",
+    "min_new_tokens",
+    "num_beams",
+    "length_penalty",
+    "early_stopping",
+    "no_repeat_ngram_size",
+    "repetition_penalty",
+    "num_return_sequences",
+    "do_sample",
+    "temperature",
+    "top_k",
+    "top_p",
+    "seed",
+)
+EARLY_STOPPING = {
+    pb.EARLY_STOPPING_FALSE: False,
+    pb.EARLY_STOPPING_TRUE: True,
+    pb.EARLY_STOPPING_NEVER: "never",
+}
+FINISH_REASONS = {"stop": pb.STOP, "length": pb.LENGTH}
+MAX_REQUEST_ID = 128
+
+
+def parameters_to_kwargs(parameters: pb.GenerationParameters) -> dict:
+    """The fields a request set, as GenerationParams overrides."""
+    kwargs = {}
+    for name in PARAMETERS:
+        if name == "early_stopping":
+            value = parameters.early_stopping
+            if value == pb.EARLY_STOPPING_UNSPECIFIED:
+                continue
+            if value not in EARLY_STOPPING:
+                raise InvalidRequest(
+                    f"parameters.early_stopping: unknown value {value} "
+                    "(EARLY_STOPPING_FALSE, _TRUE or _NEVER)"
+                )
+            kwargs[name] = EARLY_STOPPING[value]
+        elif parameters.HasField(name):
+            kwargs[name] = getattr(parameters, name)
+    return kwargs
+
+
+def kwargs_to_parameters(**kwargs) -> pb.GenerationParameters:
+    """GenerationParams values (or a client's keyword arguments) as the proto message."""
+    unknown = set(kwargs) - set(PARAMETERS)
+    if unknown:
+        raise InvalidRequest(f"unknown generation parameter(s): {', '.join(sorted(unknown))}")
+    values = {k: v for k, v in kwargs.items() if v is not None}
+    if "early_stopping" in values:
+        codes = {v: k for k, v in EARLY_STOPPING.items()}
+        if values["early_stopping"] not in codes:
+            raise InvalidRequest(
+                f'early_stopping must be true, false or "never", got {values["early_stopping"]!r}'
+            )
+        values["early_stopping"] = codes[values["early_stopping"]]
+    return pb.GenerationParameters(**values)
+
+
+@dataclass(frozen=True)
+class Input:
+    """A request's input as the engine takes it."""
+
+    question: str | None  # a document input: question and passages, templated by the engine
+    passages: list[str]
+    input_ids: list[int] | None  # a token input, used as it is
+    global_attention_mask: list[int] | None
+    truncate: bool
+
+
+def request_input(request: pb.GenerateRequest) -> Input:
+    if len(request.request_id) > MAX_REQUEST_ID:
+        raise InvalidRequest(
+            f"request_id has {len(request.request_id)} characters; the limit is {MAX_REQUEST_ID}"
+        )
+    if request.truncation not in (pb.TRUNCATION_UNSPECIFIED, pb.TRUNCATE_CONTEXT, pb.REJECT):
+        raise InvalidRequest(f"truncation: unknown value {request.truncation}")
+    truncate = request.truncation != pb.REJECT
+    kind = request.WhichOneof("input")
+    if kind == "document":
+        document = request.document
+        return Input(document.question, list(document.passages), None, None, truncate)
+    if kind == "tokens":
+        tokens = request.tokens
+        glob = list(tokens.global_attention_mask)
+        if glob and len(glob) != len(tokens.input_ids):
+            raise InvalidRequest(
+                f"tokens.global_attention_mask has {len(glob)} values; "
+                f"tokens.input_ids has {len(tokens.input_ids)}"
+            )
+        return Input(None, [], list(tokens.input_ids), glob or None, truncate)
+    raise InvalidRequest("input: set document (question and passages) or tokens (input_ids)")
+
+
+def summary(event, tokenizer, input_tokens: int, truncated: int, arrival_offset: float):
+    """The final event of a finished request -> pb.Summary. `arrival_offset`: seconds from the
+    request's arrival at the server to its submission to the engine (tokenization)."""
+    sequences = [
+        pb.Sequence(
+            text=tokenizer.decode(tokens, skip_special_tokens=True),
+            token_ids=tokens[1:],  # the decoder start token is not part of the answer
+            finish_reason=FINISH_REASONS[reason],
+        )
+        for tokens, reason in zip(event.results, event.finish_reasons, strict=True)
+    ]
+    t = event.timings
+    return pb.Summary(
+        finish_reason=sequences[0].finish_reason,
+        sequences=sequences,
+        usage=pb.Usage(
+            input_tokens=input_tokens,
+            generated_tokens=len(sequences[0].token_ids),
+            truncated_context_tokens=truncated,
+        ),
+        timings=pb.Timings(
+            queue_seconds=t["queue"],
+            encode_seconds=t["encode"],
+            first_token_seconds=t["first_token"] + arrival_offset,
+            total_seconds=t["total"] + arrival_offset,
+        ),
+    )
+
+
+def model_info(engine) -> pb.ModelInfo:
+    manifest = engine.runtime.artifacts.manifest
+    defaults = engine.params()
+    return pb.ModelInfo(
+        name=manifest["source"]["model"],
+        dtype=manifest["dtype"],
+        device=engine.runtime.device_name,
+        input_template=manifest["input_template"],
+        max_input_tokens=engine.max_input,
+        max_new_tokens=engine.max_new_tokens,
+        max_beams=engine.config.max_beams,
+        max_batch_rows=engine.config.max_rows,
+        max_queue=engine.config.max_queue,
+        vocab_size=engine.vocab_size,
+        defaults=kwargs_to_parameters(**{name: getattr(defaults, name) for name in PARAMETERS}),
+    )

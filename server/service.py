@@ -1,0 +1,186 @@
+"""The LedServe gRPC service: thin handlers over the engine. A request becomes one engine
+submission; its events become chunks. Errors become status codes in `_status` and nowhere else;
+clients never see a stack trace."""
+
+import asyncio
+import logging
+import time
+import uuid
+
+import grpc
+
+from engine.detokenize import Detokenizer
+from engine.errors import CapacityExceeded, InvalidRequest
+from proto.ledserve.v1 import ledserve_pb2 as pb
+from proto.ledserve.v1 import ledserve_pb2_grpc
+from server import convert
+from server.logs import log
+from server.metrics import Metrics
+
+
+class NotReady(Exception):
+    """The model is not loaded (yet), or the server is shutting down."""
+
+
+class RequestFailed(Exception):
+    """The engine ended the request with an error (e.g. non-finite logits)."""
+
+
+def _status(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
+    """The one mapping from errors to gRPC status codes and client-facing messages."""
+    if isinstance(error, InvalidRequest):
+        return grpc.StatusCode.INVALID_ARGUMENT, str(error)
+    if isinstance(error, CapacityExceeded):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{error}; retry later"
+    if isinstance(error, NotReady):
+        return grpc.StatusCode.UNAVAILABLE, str(error)
+    if isinstance(error, RequestFailed):
+        return grpc.StatusCode.INTERNAL, f"request {request_id} failed: {error}"
+    return grpc.StatusCode.INTERNAL, f"internal error in request {request_id}; see the server log"
+
+
+class _EventSink:
+    """Engine thread -> event loop: `put` from the engine's thread lands in an asyncio.Queue."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.queue = loop, asyncio.Queue()
+
+    def put(self, event):
+        try:
+            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+        except RuntimeError:  # the loop is closed: nobody listens any more
+            pass
+
+
+class LedServeService(ledserve_pb2_grpc.LedServeServicer):
+    def __init__(self, metrics: Metrics):
+        self.metrics = metrics
+        self.engine = None  # set once the model is loaded and warmed up
+
+    def _engine(self):
+        if self.engine is None:
+            raise NotReady("the model is not loaded yet; watch the health service")
+        return self.engine
+
+    async def Generate(self, request, context):
+        request_id = request.request_id or uuid.uuid4().hex
+        try:
+            async for chunk in self._chunks(request, request_id):
+                yield chunk
+        except Exception as e:
+            await self._abort("Generate", request_id, e, context)
+        except asyncio.CancelledError:  # the client went away or its deadline passed
+            self._cancelled("Generate", request_id, context)
+            raise
+        self.metrics.requests.labels("Generate", "OK").inc()
+
+    async def GenerateAll(self, request, context):
+        request_id = request.request_id or uuid.uuid4().hex
+        try:
+            async for chunk in self._chunks(request, request_id):
+                if chunk.HasField("summary"):
+                    self.metrics.requests.labels("GenerateAll", "OK").inc()
+                    text = chunk.summary.sequences[0].text
+                    return pb.GenerateResponse(
+                        request_id=request_id, text=text, summary=chunk.summary
+                    )
+        except Exception as e:
+            await self._abort("GenerateAll", request_id, e, context)
+        except asyncio.CancelledError:
+            self._cancelled("GenerateAll", request_id, context)
+            raise
+
+    async def DescribeModel(self, request, context):
+        try:
+            return convert.model_info(self._engine())
+        except Exception as e:
+            await self._abort("DescribeModel", "", e, context)
+
+    async def _chunks(self, request: pb.GenerateRequest, request_id: str):
+        """Submit the request to the engine and yield its chunks, the summary last."""
+        arrival = time.perf_counter()
+        engine = self._engine()
+        job = convert.request_input(request)
+        params = convert.parameters_to_kwargs(request.parameters)
+        ids, glob, truncated = job.input_ids, job.global_attention_mask, 0
+        if job.question is not None:  # tokenizing 16k tokens takes a while: off the loop
+            prompt = await asyncio.to_thread(
+                engine.prompts.build, job.question, job.passages, job.truncate
+            )
+            ids, glob = prompt.input_ids, prompt.global_attention_mask
+            truncated = prompt.truncated_context_tokens
+        sink = _EventSink(asyncio.get_running_loop())
+        submitted = engine.submit(ids, glob, events=sink, **params)
+        log(
+            "request.start",
+            request_id=request_id,
+            input_tokens=len(ids),
+            truncated_context_tokens=truncated,
+            parameters=params,
+        )
+        detokenizer, last = Detokenizer(engine.tokenizer), None
+        try:
+            while True:
+                event = await sink.queue.get()
+                if event.error:
+                    raise RequestFailed(event.error)
+                text = detokenizer.add(event.tokens) if event.tokens else ""
+                if event.finished:
+                    offset = submitted.times["submitted"] - arrival
+                    summary = convert.summary(event, engine.tokenizer, len(ids), truncated, offset)
+                    self._observe(request_id, summary)
+                    text += detokenizer.flush()
+                    yield pb.GenerateChunk(
+                        request_id=request_id, text=text, token_ids=event.tokens, summary=summary
+                    )
+                    return
+                now = time.perf_counter()
+                if last is not None:
+                    self.metrics.inter_token_seconds.observe((now - last) / len(event.tokens))
+                last = now
+                yield pb.GenerateChunk(request_id=request_id, text=text, token_ids=event.tokens)
+        finally:
+            engine.cancel(submitted)  # a no-op once finished; frees the rows of an abandoned one
+
+    def _observe(self, request_id: str, summary: pb.Summary):
+        m, usage, t = self.metrics, summary.usage, summary.timings
+        m.input_tokens.inc(usage.input_tokens)
+        m.generated_tokens.inc(usage.generated_tokens)
+        m.truncated_tokens.inc(usage.truncated_context_tokens)
+        m.queue_seconds.observe(t.queue_seconds)
+        m.encode_seconds.observe(t.encode_seconds)
+        m.first_token_seconds.observe(t.first_token_seconds)
+        m.total_seconds.observe(t.total_seconds)
+        log(
+            "request.done",
+            request_id=request_id,
+            finish_reason=pb.FinishReason.Name(summary.finish_reason),
+            input_tokens=usage.input_tokens,
+            generated_tokens=usage.generated_tokens,
+            truncated_context_tokens=usage.truncated_context_tokens,
+            queue_seconds=round(t.queue_seconds, 4),
+            encode_seconds=round(t.encode_seconds, 4),
+            first_token_seconds=round(t.first_token_seconds, 4),
+            total_seconds=round(t.total_seconds, 4),
+        )
+
+    async def _abort(self, method: str, request_id: str, error: Exception, context):
+        code, message = _status(error, request_id)
+        self.metrics.requests.labels(method, code.name).inc()
+        internal = code == grpc.StatusCode.INTERNAL and not isinstance(error, RequestFailed)
+        log(
+            "request.error",
+            logging.ERROR if internal else logging.WARNING,
+            exc_info=error if internal else None,
+            request_id=request_id,
+            method=method,
+            code=code.name,
+            message=str(error),
+        )
+        await context.abort(code, message)
+
+    def _cancelled(self, method: str, request_id: str, context):
+        expired = context.time_remaining() is not None and context.time_remaining() <= 0
+        code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
+        self.metrics.requests.labels(method, code).inc()
+        log("request.cancelled", request_id=request_id, method=method, code=code)
