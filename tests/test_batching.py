@@ -183,6 +183,39 @@ def test_a_failing_request_does_not_stop_the_others(exported, checkpoint, rng, m
     assert good_final.results == want
 
 
+def test_a_failing_encoder_batch_ends_only_its_requests(exported, checkpoint, rng, monkeypatch):
+    _, model = checkpoint
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    short = list(rng.integers(5, model.config.vocab_size, 10))
+    long = list(rng.integers(5, model.config.vocab_size, 60))  # another encoder batch
+    want = engine.generate([long], max_new_tokens=5, min_new_tokens=5)
+    encode = engine.runtime.encode
+
+    def encode_failing_short(ids, mask, glob):
+        if ids.shape[1] == len(short):
+            raise RuntimeError("out of memory")
+        return encode(ids, mask, glob)
+
+    monkeypatch.setattr(engine.runtime, "encode", encode_failing_short)
+    bad = engine.submit(short, max_new_tokens=5)
+    good = engine.submit(long, max_new_tokens=5, min_new_tokens=5)
+    bad_final, good_final = engine.run_until_done([bad, good])
+    assert bad_final.error == "encoder failed: RuntimeError: out of memory"
+    assert good_final.results == want and good_final.finish_reasons == ["length"]
+    assert bad_final.timings["total"] >= bad_final.timings["queue"] >= 0
+
+
+def test_out_of_vocabulary_and_bad_global_masks_are_refused(exported):
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    vocab = engine.vocab_size
+    with pytest.raises(InvalidRequest, match=rf"input_ids holds {vocab}, outside the vocabulary"):
+        engine.submit([5, vocab, 6])
+    with pytest.raises(InvalidRequest, match="input_ids holds -1"):
+        engine.submit([5, -1])
+    with pytest.raises(InvalidRequest, match="global_attention_mask values must be 0 or 1"):
+        engine.submit([5, 6], [0, 2])
+
+
 def test_grouped_requests_hold_their_cross_attention_once(exported, checkpoint, rng):
     """Requests sharing a decoder run keep views into one padded cross K/V, not a second copy."""
     _, model = checkpoint

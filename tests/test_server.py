@@ -21,6 +21,7 @@ from transformers import LEDForConditionalGeneration
 from engine.engine import EngineConfig
 from export.tiny import corpus
 from proto.ledserve.v1 import ledserve_pb2 as pb
+from proto.ledserve.v1 import ledserve_pb2_grpc
 from server.app import BackgroundServer, ServerConfig
 from server.client import Client
 
@@ -323,3 +324,33 @@ def test_metrics_endpoint(served, client):
     assert value("ledserve_decoder_steps_total") >= 4
     assert value("ledserve_decoder_rows_total") >= value("ledserve_decoder_steps_total")
     assert value("ledserve_queue_depth") == 0
+
+
+def test_oversized_message_is_refused(served):
+    big = pb.GenerateRequest(document=pb.Document(question="q?", passages=["x" * (17 << 20)]))
+    options = [("grpc.max_send_message_length", 32 << 20)]
+    with grpc.insecure_channel(f"127.0.0.1:{served.port}", options=options) as channel:
+        with pytest.raises(grpc.RpcError) as refused:
+            ledserve_pb2_grpc.LedServeStub(channel).GenerateAll(big, timeout=30)
+    assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_a_failing_request_leaves_the_others_alone(served, client, slow_decode, monkeypatch):
+    slow_decode(0.01)
+    build = served.engine.prompts.build
+
+    def broken(question, *args):
+        if question == "boom?":
+            raise RuntimeError("a bug")
+        return build(question, *args)
+
+    monkeypatch.setattr(served.engine.prompts, "build", broken)
+    other = client.stream("q?", "c.", min_new_tokens=30, max_new_tokens=30)
+    next(other)
+    with pytest.raises(grpc.RpcError) as failed:
+        client.generate("boom?", "c.")
+    assert failed.value.code() == grpc.StatusCode.INTERNAL
+    assert re.fullmatch(
+        r"internal error in request \w+; see the server log", failed.value.details()
+    )
+    assert list(other)[-1].summary.usage.generated_tokens == 30
