@@ -15,6 +15,7 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from engine.engine import Engine, EngineConfig
+from engine.errors import EngineError
 from proto.ledserve.v1 import ledserve_pb2, ledserve_pb2_grpc
 from server.logs import log
 from server.metrics import Metrics
@@ -63,6 +64,7 @@ class LedServer:
         options = [
             ("grpc.max_receive_message_length", c.max_message_bytes),
             ("grpc.max_send_message_length", c.max_message_bytes),
+            ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
         ]
         self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=c.max_concurrent_rpcs)
         ledserve_pb2_grpc.add_LedServeServicer_to_server(self.service, self._grpc)
@@ -71,9 +73,10 @@ class LedServer:
         reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self._grpc)
         for name in ("", SERVICE):
             await self.health.set(name, NOT_SERVING)
-        self.port = self._grpc.add_insecure_port(f"{c.host}:{c.port}")
-        if self.port == 0:
-            raise OSError(f"could not listen on {c.host}:{c.port}")
+        try:
+            self.port = self._grpc.add_insecure_port(f"{c.host}:{c.port}")
+        except RuntimeError as e:  # grpc's "Failed to bind"
+            raise OSError(f"could not listen on {c.host}:{c.port} (in use?)") from e
         await self._grpc.start()
         if c.metrics_port is not None:
             self._metrics_http = self.metrics.serve_http(c.host, c.metrics_port)
@@ -121,11 +124,16 @@ async def serve(config: ServerConfig) -> int:
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as e:
+        log("server.start_failed", logging.ERROR, message=str(e))
+        return 2
     try:
         await server.load()
-    except Exception as e:
-        log("model.load_failed", logging.ERROR, exc_info=e, message=f"{type(e).__name__}: {e}")
+    except Exception as e:  # an expected refusal (EngineError) needs no traceback
+        trace = None if isinstance(e, EngineError) else e
+        log("model.load_failed", logging.ERROR, exc_info=trace, message=f"{type(e).__name__}: {e}")
         await server.stop(0)
         return 2
     await stop.wait()

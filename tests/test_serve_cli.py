@@ -155,3 +155,16 @@ def test_generated_stubs_are_current(tmp_path):
         assert filecmp.cmp(ROOT / stub, tmp_path / stub, shallow=False), (
             f"{stub} is stale: run `pip install -e .` to regenerate it from its .proto"
         )
+
+
+def test_serve_refuses_clearly(served, tmp_path):
+    """A missing artifacts folder and a port in use: exit status 2, a message, no traceback."""
+    for args, message in [
+        (["--artifacts", str(tmp_path), "--port", "0"], "is not an artifacts folder"),
+        (["--artifacts", str(tmp_path), "--port", str(served.port)], "could not listen on"),
+    ]:
+        run = subprocess.run(
+            [sys.executable, "-m", "server.cli", "serve", *args],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert run.returncode == 2 and message in run.stderr and "traceback" not in run.stderr
