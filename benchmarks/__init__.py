@@ -1,1 +1,1 @@
-"""Benchmarks against the PyTorch baseline (issue 5: not built yet)."""
+"""Benchmarks against the PyTorch baseline: `python -m benchmarks` (or `ledserve bench`)."""

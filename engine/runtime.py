@@ -26,12 +26,16 @@ def resolve_device(device: str) -> str:
 
 
 class Runtime:
-    def __init__(self, artifacts: Artifacts, device: str = "cpu"):
+    def __init__(self, artifacts: Artifacts, device: str = "cpu", profile: str | None = None):
+        """`profile`: a file prefix; ONNX Runtime then profiles every run of both sessions
+        (`session.end_profiling()` writes the JSON trace)."""
         self.artifacts = artifacts
         self.device_name = device
         self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        if profile is not None:
+            options.enable_profiling, options.profile_file_prefix = True, profile
         self.encoder = self._session(artifacts.graph("encoder"), options)
         self.decoder = self._session(artifacts.graph("decoder"), options)
         model = artifacts.model

@@ -263,9 +263,13 @@ def main(argv=None) -> int:
     )
     demo_parser.add_argument("--workdir", type=Path, help="keep (and reuse) model and artifacts")
     demo_parser.add_argument("--port", type=int, help="default: a free port")
+    from benchmarks.run import add_arguments as add_bench_arguments
+    from benchmarks.run import bench
+
+    add_bench_arguments(commands.add_parser("bench", help="benchmark against transformers"))
 
     args = parser.parse_args(argv)
-    handlers = {"export": run, "serve": serve, "ask": ask, "demo": demo}
+    handlers = {"export": run, "serve": serve, "ask": ask, "demo": demo, "bench": bench}
     return handlers[args.command](args)
 
 

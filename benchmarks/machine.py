@@ -1,0 +1,94 @@
+"""The machine a benchmark ran on: its description, its own measured matmul rate and memory
+bandwidth (the floors' denominators, measured in the same run), and a peak-memory sampler."""
+
+import os
+import platform
+import statistics
+import threading
+import time
+
+import torch
+
+
+def describe(device: str) -> dict:
+    import onnxruntime
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "device": device,
+    }
+    if device == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(0)
+    return info
+
+
+def _median_seconds(fn, repeats: int, sync) -> float:
+    fn()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure_rates(device: str, dtype: torch.dtype = torch.float32, repeats: int = 5) -> dict:
+    """Matmul FLOP/s (n x n x n) and copy bandwidth (bytes read + written per second)."""
+    dev = torch.device(device)
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    n = 4096 if device == "cuda" else 2048
+    a, b = torch.randn(n, n, device=dev, dtype=dtype), torch.randn(n, n, device=dev, dtype=dtype)
+    matmul = 2 * n**3 / _median_seconds(lambda: a @ b, repeats, sync)
+    size = (1 << 30) if device == "cuda" else (256 << 20)  # bytes, far beyond the caches
+    src = torch.ones(size // 4, device=dev)
+    dst = torch.empty_like(src)
+    copy = 2 * size / _median_seconds(lambda: dst.copy_(src), repeats, sync)
+    return {"matmul_flops": matmul, "copy_bytes_per_s": copy, "dtype": str(dtype)}
+
+
+class PeakMemory:
+    """Peak host RSS (and GPU memory in use, on CUDA) while the block runs, sampled every 5 ms."""
+
+    def __init__(self, device: str):
+        self.device, self.rss, self.gpu = device, 0, 0
+
+    def _sample(self):
+        while not self._stop.is_set():
+            with open("/proc/self/statm") as f:
+                self.rss = max(self.rss, int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE"))
+            if self.device == "cuda":
+                free, total = torch.cuda.mem_get_info()
+                self.gpu = max(self.gpu, total - free)
+            time.sleep(0.005)
+
+    def __enter__(self):
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+    def result(self) -> dict:
+        out = {"peak_rss_gib": round(self.rss / 2**30, 3)}
+        if self.device == "cuda":
+            out["peak_gpu_gib"] = round(self.gpu / 2**30, 3)
+        return out

@@ -1,0 +1,223 @@
+"""Side-by-side measurements on the same inputs: transformers `generate` (the baseline), the
+engine in-process, and the engine behind the gRPC server with concurrent streaming clients.
+Both sides generate exactly `new_tokens` tokens (EOS suppressed with min_new_tokens); one
+warm-up run is excluded and medians of repeats are reported."""
+
+import json
+import statistics
+import threading
+import time
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+
+def make_input(vocab: int, length: int, seed: int, globals_: int = 16):
+    """Random ids (<s> ... </s>) with global attention on the first tokens, like a question."""
+    rng = np.random.default_rng(seed)
+    ids = rng.integers(5, vocab, length)
+    ids[0], ids[-1] = 0, 2
+    return ids.tolist(), [int(i < min(globals_, length)) for i in range(length)]
+
+
+@dataclass
+class Trace:
+    seconds: float  # end to end
+    token_times: list[float] = field(default_factory=list)  # since start, per streamed token
+    tokens: list[int] = field(default_factory=list)
+
+
+def median_of(repeats: int, run, *args):
+    """(median seconds, traces) of `run(*args) -> Trace`, after one warm-up run."""
+    run(*args)
+    traces = [run(*args) for _ in range(repeats)]
+    return statistics.median(t.seconds for t in traces), traces
+
+
+def inter_token(traces: list[Trace]) -> dict | None:
+    gaps = [b - a for t in traces for a, b in zip(t.token_times, t.token_times[1:], strict=False)]
+    if not gaps:
+        return None
+    return {"p50_s": float(np.percentile(gaps, 50)), "p95_s": float(np.percentile(gaps, 95))}
+
+
+class _Stamps:
+    """A transformers streamer that only records when each token arrives."""
+
+    def __init__(self):
+        self.times = []
+
+    def put(self, value):
+        self.times.append(time.perf_counter())
+
+    def end(self):
+        pass
+
+
+class Baseline:
+    """transformers' LED on `device` in `dtype`: what a user runs today."""
+
+    def __init__(self, checkpoint, device: str, dtype: str):
+        from transformers import LEDForConditionalGeneration
+
+        torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
+        self.device = torch.device(device)
+        self.model = LEDForConditionalGeneration.from_pretrained(checkpoint, dtype=torch_dtype)
+        self.model = self.model.to(self.device).eval()
+
+    def _tensors(self, ids, glob):
+        t = torch.tensor([ids], device=self.device)
+        return t, torch.ones_like(t), torch.tensor([glob], device=self.device)
+
+    def _sync(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def encode(self, ids, glob) -> Trace:
+        ids_t, mask, glob_t = self._tensors(ids, glob)
+        start = time.perf_counter()
+        with torch.inference_mode():
+            self.model.get_encoder()(
+                input_ids=ids_t, attention_mask=mask, global_attention_mask=glob_t
+            )
+        self._sync()
+        return Trace(time.perf_counter() - start)
+
+    def generate(self, ids, glob, new_tokens: int, beams: int) -> Trace:
+        ids_t, mask, glob_t = self._tensors(ids, glob)
+        stamps = _Stamps() if beams == 1 else None  # transformers streams greedy only
+        start = time.perf_counter()
+        with torch.inference_mode():
+            out = self.model.generate(
+                input_ids=ids_t, attention_mask=mask, global_attention_mask=glob_t,
+                max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams,
+                do_sample=False, streamer=stamps,
+            )  # fmt: skip
+        self._sync()
+        seconds = time.perf_counter() - start
+        times = [t - start for t in stamps.times[1:]] if stamps else []  # [0]: the start token
+        return Trace(seconds, times, out[0].tolist())
+
+
+class InProcess:
+    """The engine, driven in this thread (no loop thread, no server)."""
+
+    def __init__(self, artifacts, device: str, profile: str | None = None):
+        from engine.artifacts import Artifacts
+        from engine.engine import Engine, EngineConfig
+        from engine.runtime import Runtime
+
+        runtime = Runtime(Artifacts.load(artifacts, verify=False), device, profile=profile)
+        self.engine = Engine(runtime, EngineConfig(max_rows=256))
+
+    def encode(self, ids, glob) -> Trace:
+        a = np.asarray([ids])
+        start = time.perf_counter()
+        self.engine.runtime.encode(a, np.ones_like(a), np.asarray([glob]))
+        return Trace(time.perf_counter() - start)
+
+    def generate(self, ids, glob, new_tokens: int, beams: int) -> Trace:
+        engine = self.engine
+        start = time.perf_counter()
+        request = engine.submit(
+            ids, glob, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams
+        )
+        times = []
+        while True:
+            event = engine.next_event(request)
+            now = time.perf_counter() - start
+            times += [now] * len(event.tokens)
+            if event.finished:
+                if event.error:
+                    raise RuntimeError(event.error)
+                return Trace(now, times if beams == 1 else [], event.results[0])
+
+
+def decode_profile(side: InProcess, ids, glob, new_tokens: int) -> dict:
+    """ONNX Runtime's profile of the decoder over one greedy generation, per step: the share of
+    each operator type, and the run time inside ONNX Runtime."""
+    side.generate(ids, glob, new_tokens, 1)
+    path = side.engine.runtime.decoder.end_profiling()
+    with open(path) as f:
+        events = json.load(f)
+    runs = [e["dur"] for e in events if e.get("name") == "model_run"]
+    ops = Counter()
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            ops[e["args"]["op_name"]] += e["dur"]
+    steps = max(len(runs), 1)
+    total = sum(ops.values()) or 1
+    return {
+        "trace": path,
+        "steps": len(runs),
+        "ort_run_ms_per_step": statistics.median(runs) / 1e3 if runs else None,
+        "ops_ms_per_step": {
+            op: {"ms": dur / steps / 1e3, "share": dur / total} for op, dur in ops.most_common(10)
+        },
+    }
+
+
+def serve_throughput(
+    artifacts, device: str, vocab: int, length: int, new_tokens: int, beams: int,
+    concurrency: list[int], per_client: int,
+) -> list[dict]:  # fmt: skip
+    """The engine behind a real gRPC server on a loopback port; `c` clients each stream
+    `per_client` requests back to back (pre-tokenized inputs of `length` tokens)."""
+    from engine.engine import EngineConfig
+    from server.app import BackgroundServer, ServerConfig
+    from server.client import Client
+
+    most = max(concurrency)
+    config = EngineConfig(
+        max_rows=most * beams, max_queue=4 * most, max_encoder_tokens=most * length
+    )
+    server = BackgroundServer(
+        ServerConfig(artifacts=artifacts, port=0, device=device, engine=config,
+                     verify_artifacts=False)
+    )  # fmt: skip
+    target = f"127.0.0.1:{server.port}"
+    results = []
+    try:
+        for c in concurrency:
+            barrier = threading.Barrier(c)
+
+            def client(worker, barrier=barrier):
+                out = []
+                with Client(target) as cl:
+                    barrier.wait()
+                    for k in range(per_client):
+                        ids, glob = make_input(vocab, length, seed=1000 * worker + k)
+                        start, first = time.perf_counter(), None
+                        for chunk in cl.stream(
+                            input_ids=ids, global_attention_mask=glob, max_new_tokens=new_tokens,
+                            min_new_tokens=new_tokens, num_beams=beams,
+                        ):  # fmt: skip
+                            if first is None and chunk.token_ids:
+                                first = time.perf_counter() - start
+                        out.append((first, time.perf_counter() - start,
+                                    chunk.summary.usage.generated_tokens))  # fmt: skip
+                return out
+
+            steps = server.engine.steps
+            start = time.perf_counter()
+            with ThreadPoolExecutor(c) as pool:
+                done = [r for rs in pool.map(client, range(c)) for r in rs]
+            wall = time.perf_counter() - start
+            results.append({
+                "concurrency": c,
+                "requests": len(done),
+                "tokens": sum(r[2] for r in done),
+                "wall_s": wall,
+                "tokens_per_s": sum(r[2] for r in done) / wall,
+                "requests_per_s": len(done) / wall,
+                "latency_p50_s": float(np.percentile([r[1] for r in done], 50)),
+                "latency_p95_s": float(np.percentile([r[1] for r in done], 95)),
+                "first_token_p50_s": float(np.percentile([r[0] for r in done], 50)),
+                "decoder_steps": server.engine.steps - steps,
+            })  # fmt: skip
+    finally:
+        server.stop()
+    return results

@@ -1,0 +1,166 @@
+"""results.json -> markdown tables of ratios (with floors and the targets) and PNG plots."""
+
+from pathlib import Path
+
+
+def _ms(seconds) -> str:
+    return "–" if seconds is None else f"{seconds * 1e3:.1f}"
+
+
+def markdown(r: dict) -> str:
+    m, sides = r["machine"], r["sides"]
+    base, engine = sides["transformers-fp32"], sides["engine-fp32"]
+    rates = r["rates"]["fp32"]
+    lines = [
+        f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['memory_gib']} GiB)"
+        + (f", {m['gpu']}" if "gpu" in m else "")
+        + f"; device {m['device']}; torch {m['torch']}, onnxruntime {m['onnxruntime']}.",
+        f"Measured in this run: fp32 matmul {rates['matmul_flops'] / 1e9:.0f} GFLOP/s, "
+        f"copy {rates['copy_bytes_per_s'] / 1e9:.1f} GB/s. Times are medians of "
+        f"{r['sizes']['repeats']} runs after a warm-up; ratios are transformers ÷ engine "
+        "(> 1: the engine is faster); floor = max(FLOPs ÷ matmul rate, bytes ÷ bandwidth).",
+        "",
+        "Encoder pass (batch 1, 16 global tokens):",
+        "",
+        "| tokens | transformers ms | engine ms | speed-up | floor ms (bound) "
+        "| transformers ÷ floor | engine ÷ floor |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for length, t in base["encoder"].items():
+        e, floor = engine["encoder"][length], engine["encoder_floor"][length]
+        lines.append(
+            f"| {length} | {_ms(t)} | {_ms(e)} | {t / e:.2f}× | {_ms(floor['floor_s'])} "
+            f"({floor['bound']}) | {t / floor['floor_s']:.1f} | {e / floor['floor_s']:.1f} |"
+        )
+    lines += [
+        "",
+        f"Generation ({r['sizes']['new_tokens']} tokens, EOS suppressed):",
+        "",
+        "| side | beams | input | first token ms | step ms | inter-token p50 / p95 ms "
+        "| end to end ms | speed-up (e2e) | speed-up (step) | step floor ms (bound) "
+        "| step ÷ floor |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, side in sides.items():
+        for key, g in side["generate"].items():
+            ref = base["generate"][key]
+            itl = g["inter_token"]
+            itl_text = f"{_ms(itl['p50_s'])} / {_ms(itl['p95_s'])}" if itl else "–"
+            floor = g["step_floor"]
+            lines.append(
+                f"| {name} | {key.removeprefix('beams')} | {g['input_tokens']} "
+                f"| {_ms(g['first_token_s'])} | {_ms(g['step_s'])} | {itl_text} "
+                f"| {_ms(g['end_to_end_s'])} | {ref['end_to_end_s'] / g['end_to_end_s']:.2f}× "
+                f"| {ref['step_s'] / g['step_s']:.2f}× | {_ms(floor['floor_s'])} "
+                f"({floor['bound']}) | {g['step_s'] / floor['floor_s']:.2f} |"
+            )
+    lines += ["", "Tokens identical to transformers (fp32): "
+              + ", ".join(f"{k}: {v}" for k, v in r["identical_tokens"].items()), ""]  # fmt: skip
+    lines += ["Peak memory: " + "; ".join(
+        f"{name} " + ", ".join(f"{k} {v}" for k, v in side["memory"].items())
+        for name, side in sides.items()
+    ), ""]  # fmt: skip
+    if "serving" in r:
+        one = base.get("one_at_a_time_tokens_per_s")
+        lines += [
+            f"Through the gRPC server ({r['sizes']['serve_length']}-token inputs, "
+            f"{r['sizes']['new_tokens']} tokens each; baseline: transformers serving one request "
+            f"at a time, {one:.1f} tokens/s):",
+            "",
+            "| beams | concurrency | requests | tokens/s | requests/s | latency p50 / p95 ms "
+            "| first token p50 ms | decoder steps | × baseline |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        ]
+        for key, rows in r["serving"].items():
+            for s in rows:
+                lines.append(
+                    f"| {key.removeprefix('beams')} | {s['concurrency']} | {s['requests']} "
+                    f"| {s['tokens_per_s']:.1f} | {s['requests_per_s']:.2f} "
+                    f"| {_ms(s['latency_p50_s'])} / {_ms(s['latency_p95_s'])} "
+                    f"| {_ms(s['first_token_p50_s'])} | {s['decoder_steps']} "
+                    f"| {s['tokens_per_s'] / one:.1f}× |"
+                )
+        lines.append("")
+    p = r["decode_profile"]
+    lines += [
+        f"Decoder profile (ONNX Runtime, {p['steps']} greedy steps, {p['input_tokens']}-token "
+        f"input, profiling on): {p['ort_run_ms_per_step']:.2f} ms per decoder run inside ONNX "
+        "Runtime (profiling adds overhead; the shares are what matters).",
+        "",
+        "| operator | ms per step | share of kernel time |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| {op} | {v['ms']:.2f} | {v['share']:.0%} |" for op, v in p["ops_ms_per_step"].items()
+    ]
+    lines += ["", *targets(r), ""]
+    return "\n".join(lines)
+
+
+def targets(r: dict) -> list[str]:
+    """The issue's targets with the measured ratio (reported, never tuned for)."""
+    base, engine = r["sides"]["transformers-fp32"], r["sides"]["engine-fp32"]
+    out = ["Targets (measured ratio; met?):", ""]
+    if r["machine"]["device"] == "cpu":
+        length = "2048" if "2048" in map(str, engine["encoder"]) else list(engine["encoder"])[-1]
+        length = next(k for k in engine["encoder"] if str(k) == str(length))
+        enc = engine["encoder"][length] / engine["encoder_floor"][length]["floor_s"]
+        greedy, beam = engine["generate"]["beams1"], engine["generate"]["beams4"]
+        step = greedy["step_s"] / greedy["step_floor"]["floor_s"]
+        beam_speedup = base["generate"]["beams4"]["step_s"] / beam["step_s"]
+        out += [
+            f"- encoder ≤ 1.5× its compute floor ({length} tokens): {enc:.2f}× — "
+            f"{'met' if enc <= 1.5 else 'not met'}",
+            f"- batch-1 greedy step ≤ 1.3× its bandwidth floor: {step:.2f}× — "
+            f"{'met' if step <= 1.3 else 'not met'}",
+            f"- beam-4 step ≥ 4× faster than transformers: {beam_speedup:.2f}× — "
+            f"{'met' if beam_speedup >= 4 else 'not met'}",
+        ]
+        rows = {s["concurrency"]: s for s in r.get("serving", {}).get("beams1", [])}
+        if 8 in rows:
+            gain = rows[8]["tokens_per_s"] / base["one_at_a_time_tokens_per_s"]
+            out.append(f"- throughput at 8 concurrent ≥ 5× transformers one at a time: {gain:.1f}×"
+                       f" — {'met' if gain >= 5 else 'not met'}")  # fmt: skip
+    elif "engine-fp16" in r["sides"]:
+        fp16 = r["sides"]["engine-fp16"]["generate"]["beams1"]["step_s"]
+        gain = base["generate"]["beams1"]["step_s"] / fp16
+        out.append(f"- GPU fp16 per-token latency ≥ 10× lower than PyTorch fp32 (batch 1): "
+                   f"{gain:.1f}× — {'met' if gain >= 10 else 'not met'}")  # fmt: skip
+    return out
+
+
+def plots(r: dict, folder: Path) -> list[Path]:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from matplotlib import pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plots (pip install matplotlib)")
+        return []
+    written = []
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, side in r["sides"].items():
+        lengths = [int(k) for k in side["encoder"]]
+        ax.plot(lengths, [v * 1e3 for v in side["encoder"].values()], marker="o", label=name)
+    floor = r["sides"]["engine-fp32"]["encoder_floor"]
+    ax.plot([int(k) for k in floor], [v["floor_s"] * 1e3 for v in floor.values()], "k--",
+            label="floor (fp32)")  # fmt: skip
+    ax.set(xscale="log", yscale="log", xlabel="input tokens", ylabel="encoder ms",
+           title="Encoder latency vs input length")  # fmt: skip
+    ax.legend()
+    written.append(folder / "latency_vs_length.png")
+    fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    if "serving" in r:
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for key, rows in r["serving"].items():
+            ax.plot([s["concurrency"] for s in rows], [s["tokens_per_s"] for s in rows],
+                    marker="o", label=f"engine via gRPC, {key}")  # fmt: skip
+        one = r["sides"]["transformers-fp32"]["one_at_a_time_tokens_per_s"]
+        ax.axhline(one, color="k", linestyle="--", label="transformers, one at a time")
+        ax.set(xscale="log", xlabel="concurrent streams", ylabel="tokens/s",
+               title="Throughput vs concurrency")  # fmt: skip
+        ax.legend()
+        written.append(folder / "throughput_vs_concurrency.png")
+        fig.savefig(written[-1], dpi=120, bbox_inches="tight")
+    return written

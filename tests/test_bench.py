@@ -1,0 +1,33 @@
+"""The benchmark entry point runs end to end in --quick mode on a tiny model (no timing asserted:
+benchmarks never run as tests)."""
+
+import json
+
+from export.tiny import build_random_led
+from server.cli import main as ledserve
+
+
+def test_quick_benchmark_writes_results(tmp_path):
+    build_random_led(tmp_path / "checkpoint", eos_bias=1.7)
+    out = tmp_path / "out"
+    args = ["bench", "--quick", "--checkpoint", str(tmp_path / "checkpoint"), "--workdir",
+            str(tmp_path / "work"), "--out", str(out), "--lengths", "96,192",
+            "--concurrency", "1,2", "--repeats", "1", "--serve-length", "64"]  # fmt: skip
+    assert ledserve(args) == 0
+    results = json.loads((out / "results.json").read_text())
+    assert results["identical_tokens"] == {"beams1": True, "beams4": True}
+    engine = results["sides"]["engine-fp32"]
+    assert set(engine["encoder"]) == {"96", "192"} and engine["encoder_floor"]["96"]["floor_s"] > 0
+    greedy = engine["generate"]["beams1"]
+    assert (
+        greedy["new_tokens"] == 8
+        and greedy["inter_token"]["p95_s"] >= greedy["inter_token"]["p50_s"]
+    )
+    serving = results["serving"]["beams1"]
+    assert [s["concurrency"] for s in serving] == [1, 2]
+    assert all(s["tokens"] == 8 * s["requests"] for s in serving)
+    assert results["decode_profile"]["steps"] >= 8 and results["decode_profile"]["ops_ms_per_step"]
+    table = (out / "results.md").read_text()
+    assert "Encoder pass" in table and "Targets" in table
+    assert (out / "latency_vs_length.png").stat().st_size > 0
+    assert (out / "throughput_vs_concurrency.png").stat().st_size > 0
