@@ -35,9 +35,14 @@ class EngineConfig:
     """Largest num_beams (and sampled num_return_sequences) a request may ask for."""
     max_encoder_tokens: int = 65536
     """Input tokens (sum over live requests) whose cross K/V the engine holds at once."""
+    max_encoder_batch_tokens: int = 8192
+    """Padded input tokens in one encoder run (bounds the encoder's activation memory, ~0.1 MB
+    per token and layer for LED-base's attention scores); a longer single input runs alone."""
 
     def __post_init__(self):
-        for name in ("max_rows", "max_queue", "max_beams", "max_encoder_tokens"):
+        for name in (
+            "max_rows", "max_queue", "max_beams", "max_encoder_tokens", "max_encoder_batch_tokens"
+        ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
@@ -159,7 +164,7 @@ class Engine:
                 admitted.append(self.waiting.popleft())
                 request.mark("admitted")
                 rows, tokens = rows + request.rows, tokens + request.input_ids.size
-        for batch in _by_length(admitted):
+        for batch in _by_length(admitted, self.config.max_encoder_batch_tokens):
             try:
                 self._encode(batch)
             except Exception as e:  # this batch's requests end; the engine goes on
@@ -345,12 +350,17 @@ def _pad_sequence(tensor: torch.Tensor, length: int) -> torch.Tensor:
     return functional.pad(tensor, (0, 0, 0, length - tensor.shape[2]))
 
 
-def _by_length(requests: list[Request], slack: float = 1.25) -> list[list[Request]]:
-    """Encoder batches of similar input lengths (longest <= slack x shortest), limiting padding."""
+def _by_length(
+    requests: list[Request], max_tokens: int, slack: float = 1.25
+) -> list[list[Request]]:
+    """Encoder batches of similar input lengths (longest <= slack x shortest), limiting padding,
+    of at most `max_tokens` padded tokens (or one request)."""
     batches: list[list[Request]] = []
     for request in sorted(requests, key=lambda r: r.input_ids.size):
-        if batches and request.input_ids.size <= slack * batches[-1][0].input_ids.size:
-            batches[-1].append(request)
+        n = request.input_ids.size
+        last = batches[-1] if batches else None
+        if last and n <= slack * last[0].input_ids.size and n * (len(last) + 1) <= max_tokens:
+            last.append(request)
         else:
             batches.append([request])
     return batches

@@ -56,6 +56,12 @@ def add_serve_arguments(parser: argparse.ArgumentParser):
         default=defaults.max_encoder_tokens,
         help="input tokens whose cross K/V are held at once",
     )
+    parser.add_argument(
+        "--max-encoder-batch-tokens",
+        type=int,
+        default=defaults.max_encoder_batch_tokens,
+        help="padded input tokens in one encoder run (bounds its activation memory)",
+    )
     parser.add_argument("--max-concurrent-rpcs", type=int, default=1024)
     parser.add_argument("--max-message-bytes", type=int, default=16 << 20)
     parser.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics here")
@@ -89,6 +95,7 @@ def serve(args: argparse.Namespace) -> int:
                 max_queue=args.max_queue,
                 max_beams=args.max_beams,
                 max_encoder_tokens=args.max_encoder_tokens,
+                max_encoder_batch_tokens=args.max_encoder_batch_tokens,
             ),
             metrics_port=args.metrics_port,
             grace_seconds=args.grace_seconds,

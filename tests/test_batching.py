@@ -205,6 +205,22 @@ def test_a_failing_encoder_batch_ends_only_its_requests(exported, checkpoint, rn
     assert bad_final.timings["total"] >= bad_final.timings["queue"] >= 0
 
 
+def test_encoder_batches_respect_their_token_budget(exported, checkpoint, rng, monkeypatch):
+    _, model = checkpoint
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu", max_encoder_batch_tokens=100)
+    rows = [list(rng.integers(5, model.config.vocab_size, n)) for n in (40, 41, 42, 45, 150)]
+    want = [engine.generate([r], max_new_tokens=4)[0] for r in rows]
+    shapes, encode = [], engine.runtime.encode
+
+    def recording(ids, mask, glob):
+        shapes.append(ids.shape)
+        return encode(ids, mask, glob)
+
+    monkeypatch.setattr(engine.runtime, "encode", recording)
+    assert engine.generate(rows, max_new_tokens=4) == want
+    assert sorted(shapes) == [(1, 150), (2, 41), (2, 45)]  # 40+41 | 42+45 | 150 alone
+
+
 def test_out_of_vocabulary_and_bad_global_masks_are_refused(exported):
     engine = Engine.from_artifacts(exported["fp32"], device="cpu")
     vocab = engine.vocab_size
