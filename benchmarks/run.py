@@ -51,7 +51,9 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--serve-length", type=int)
     parser.add_argument("--serve-beams", default="1", help="beam sizes of the concurrency sweep")
-    parser.add_argument("--skip-server", action="store_true")  # fmt: skip
+    parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--from-json", type=Path, help="only re-render the tables and plots of an "
+                        "earlier results.json into --out")  # fmt: skip
 
 
 def _say(message: str):
@@ -206,8 +208,12 @@ def main(argv=None) -> int:
 
 
 def bench(args) -> int:
-    results = run(args)
-    (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
+    if args.from_json:
+        results = json.loads(args.from_json.read_text())
+        args.out.mkdir(parents=True, exist_ok=True)
+    else:
+        results = run(args)
+        (args.out / "results.json").write_text(json.dumps(results, indent=2, default=str) + "\n")
     table = markdown(results)
     (args.out / "results.md").write_text(table)
     written = plots(results, args.out)
