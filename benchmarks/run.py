@@ -87,6 +87,10 @@ def run(args) -> dict:
     for key in ("lengths", "concurrency", "new_tokens", "repeats", "serve_length"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
+    if sizes["new_tokens"] < 2:
+        raise SystemExit(
+            "error: --new-tokens must be >= 2 (the step time is measured between tokens)"
+        )
     args.dtypes = (args.dtypes or ("fp32,fp16" if args.device == "cuda" else "fp32")).split(",")
     checkpoint, folders = prepare(args)
     manifest = json.loads((folders[args.dtypes[0]] / "manifest.json").read_text())
@@ -182,8 +186,9 @@ def _attach_floors(results: dict, folders: dict):
         dtype = name.rsplit("-", 1)[1]
         rates = results["rates"].get(dtype, results["rates"]["fp32"])
         size = 2 if dtype == "fp16" else 4
-        folder = folders.get(dtype) or next(iter(folders.values()))
-        weights = {g: (folder / f"{g}.onnx").stat().st_size * (size / _bytes(folder)) for g in
+        source = dtype if dtype in folders else next(iter(folders))  # graphs of another dtype:
+        scale = size / (2 if source == "fp16" else 4)  # their weights rescaled to this one's
+        weights = {g: (folders[source] / f"{g}.onnx").stat().st_size * scale for g in
                    ("encoder", "decoder")}  # fmt: skip
         out["encoder_floor"] = {
             length: floors.floor_seconds(floors.encoder_work(model, int(length),
@@ -195,10 +200,6 @@ def _attach_floors(results: dict, folders: dict):
             work = floors.decode_step_work(model, beams, 1, gen["input_tokens"], n // 2,
                                            int(weights["decoder"]), size)  # fmt: skip
             gen["step_floor"] = floors.floor_seconds(work, rates)
-
-
-def _bytes(folder: Path) -> int:
-    return 2 if json.loads((folder / "manifest.json").read_text())["dtype"] == "fp16" else 4
 
 
 def main(argv=None) -> int:

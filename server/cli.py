@@ -12,21 +12,19 @@ import sys
 import tempfile
 from pathlib import Path
 
-# ask's generation flags: (flag name = parameter name, type)
-_PARAMETERS = (
-    ("max_new_tokens", int),
-    ("min_new_tokens", int),
-    ("num_beams", int),
-    ("length_penalty", float),
-    ("no_repeat_ngram_size", int),
-    ("repetition_penalty", float),
-    ("num_return_sequences", int),
-    ("temperature", float),
-    ("top_k", int),
-    ("top_p", float),
-    ("seed", int),
-)
 _EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
+
+
+def _numeric_parameters() -> list[tuple[str, type]]:
+    """ask's numeric generation flags, read from the proto: (parameter name, int or float)."""
+    from proto.ledserve.v1 import ledserve_pb2 as pb
+
+    fields = pb.GenerationParameters.DESCRIPTOR.fields
+    return [
+        (f.name, float if f.type == f.TYPE_DOUBLE else int)
+        for f in fields
+        if f.type != f.TYPE_BOOL and f.enum_type is None
+    ]
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser):
@@ -128,7 +126,7 @@ def add_ask_arguments(parser: argparse.ArgumentParser):
     )
     parser.add_argument("--timeout", type=float, help="deadline in seconds")
     parser.add_argument("--request-id", default="")
-    for name, kind in _PARAMETERS:
+    for name, kind in _numeric_parameters():
         parser.add_argument("--" + name.replace("_", "-"), type=kind)
     parser.add_argument("--early-stopping", choices=sorted(_EARLY_STOPPING))
     parser.add_argument("--do-sample", action="store_true", default=None)
@@ -147,7 +145,7 @@ def ask(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    parameters = {name: getattr(args, name) for name, _ in _PARAMETERS}
+    parameters = {name: getattr(args, name) for name, _ in _numeric_parameters()}
     parameters["do_sample"] = args.do_sample
     if args.early_stopping:
         parameters["early_stopping"] = _EARLY_STOPPING[args.early_stopping]

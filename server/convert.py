@@ -7,23 +7,9 @@ from dataclasses import dataclass
 from engine.errors import InvalidRequest
 from proto.ledserve.v1 import ledserve_pb2 as pb
 
-# proto field -> GenerationParams name: the same names, listed so that a proto field without an
-# engine counterpart cannot slip through.
-PARAMETERS = (
-    "max_new_tokens",
-    "min_new_tokens",
-    "num_beams",
-    "length_penalty",
-    "early_stopping",
-    "no_repeat_ngram_size",
-    "repetition_penalty",
-    "num_return_sequences",
-    "do_sample",
-    "temperature",
-    "top_k",
-    "top_p",
-    "seed",
-)
+# The proto's generation fields, named as GenerationParams' (a field the engine lacks is refused
+# there as an unsupported parameter, never silently dropped here).
+PARAMETERS = tuple(f.name for f in pb.GenerationParameters.DESCRIPTOR.fields)
 EARLY_STOPPING = {
     pb.EARLY_STOPPING_FALSE: False,
     pb.EARLY_STOPPING_TRUE: True,
