@@ -31,7 +31,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser):
     from engine.engine import EngineConfig
 
     defaults = EngineConfig()
-    parser.add_argument("--artifacts", type=Path, required=True, help="an exported folder")
+    parser.add_argument(
+        "--artifacts",
+        type=Path,
+        help="an exported folder (default: the embedded demo model, exported on first use)",
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -75,6 +79,17 @@ def add_serve_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
 
+def _default_artifacts() -> Path:
+    """The embedded demo model's export (made on first use); torch is imported only here."""
+    from export.convert import ExportError
+    from export.demo import default_artifacts
+
+    try:
+        return default_artifacts()
+    except ExportError as e:
+        raise ValueError(str(e)) from e
+
+
 def serve(args: argparse.Namespace) -> int:
     from engine.engine import EngineConfig
     from server.app import ServerConfig
@@ -84,7 +99,7 @@ def serve(args: argparse.Namespace) -> int:
     configure(args.log_level)
     try:
         config = ServerConfig(
-            artifacts=args.artifacts,
+            artifacts=args.artifacts or _default_artifacts(),
             host=args.host,
             port=args.port,
             device=args.device,
@@ -150,7 +165,7 @@ def ask(args: argparse.Namespace) -> int:
     if args.early_stopping:
         parameters["early_stopping"] = _EARLY_STOPPING[args.early_stopping]
     with Client(args.server) as client:
-        return print_answer(
+        text = print_answer(
             client,
             args.question,
             passages,
@@ -159,21 +174,25 @@ def ask(args: argparse.Namespace) -> int:
             timeout=args.timeout,
             **parameters,
         )
+    return 0 if text is not None else 1
 
 
-def print_answer(client, question: str, passages: list[str], **kwargs) -> int:
-    """Print the answer's text as it streams, then its summary on stderr; the exit code."""
+def print_answer(client, question: str, passages: list[str], **kwargs) -> str | None:
+    """Print the answer's text as it streams, then its summary on stderr; the answer's text, or
+    None when the server refused or failed the request."""
     import grpc
 
     from proto.ledserve.v1 import ledserve_pb2 as pb
 
+    text = ""
     try:
         for chunk in client.stream(question, passages, **kwargs):
             print(chunk.text, end="", flush=True)
+            text += chunk.text
             summary = chunk.summary
     except grpc.RpcError as e:
         print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
-        return 1
+        return None
     print()
     usage, t = summary.usage, summary.timings
     truncated = usage.truncated_context_tokens
@@ -184,38 +203,25 @@ def print_answer(client, question: str, passages: list[str], **kwargs) -> int:
         + f"; first token {t.first_token_seconds:.3f} s, total {t.total_seconds:.3f} s]",
         file=sys.stderr,
     )
-    return 0
-
-
-DEMO_QUESTION = "What is the value of the market?"
+    return text
 
 
 def demo(args: argparse.Namespace) -> int:
-    """The main job end to end: prepare (or reuse) the embedded default model, export it, serve
-    it in a child process, stream an answer to a question, shut the server down with SIGTERM."""
-    from export.cli import summary
-    from export.convert import ExportConfig, ExportError, export_model
-    from export.tiny import build_random_led, corpus
+    """The main job end to end: export the embedded trained model (or reuse the export), serve it
+    in a child process, stream the answer to a question about a generated document, check it,
+    and shut the server down with SIGTERM."""
+    from export.convert import ExportError
+    from export.demo import default_artifacts, demo_example
     from server.client import Client
 
     with tempfile.TemporaryDirectory(prefix="ledserve-demo-") as scratch:
         workdir = Path(args.workdir or scratch)
-        checkpoint, artifacts = workdir / "checkpoint", workdir / "artifacts"
-        if not (checkpoint / "config.json").exists():
-            print(f"[demo] building a tiny random LED in {checkpoint}", file=sys.stderr)
-            build_random_led(checkpoint)
-        if (artifacts / "manifest.json").exists():
-            print(f"[demo] reusing the exported model in {artifacts}", file=sys.stderr)
-        else:
-            try:
-                manifest = export_model(
-                    ExportConfig(model=str(checkpoint), output=artifacts, validate=True)
-                )
-            except ExportError as e:
-                print(f"error: {e}", file=sys.stderr)
-                return 2
-            print(summary(artifacts, manifest), file=sys.stderr)
-
+        try:
+            artifacts = default_artifacts(workdir / "artifacts")
+        except ExportError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        example = demo_example()
         port = args.port or _free_port()
         log_path = workdir / "server.log"
         print(f"[demo] serving on 127.0.0.1:{port} (log: {log_path})", file=sys.stderr)
@@ -225,15 +231,21 @@ def demo(args: argparse.Namespace) -> int:
             try:
                 with Client(f"127.0.0.1:{port}") as client:
                     client.wait_until_serving(timeout=300, alive=lambda: process.poll() is None)
-                    document = " ".join(corpus(60, seed=1))
-                    print(f"[demo] question: {DEMO_QUESTION}", file=sys.stderr)
+                    fact = example.context[example.fact_start :].split(".")[0] + "."
+                    print(
+                        f"[demo] document: {len(example.context.split())} words of generated "
+                        f"text about many people; the fact needed, at character "
+                        f"{example.fact_start} of {len(example.context)}: {fact!r}",
+                        file=sys.stderr,
+                    )
+                    print(f"[demo] question: {example.question}", file=sys.stderr)
                     print("[demo] answer: ", end="", file=sys.stderr, flush=True)
-                    code = print_answer(
-                        client, DEMO_QUESTION, [document], request_id="demo", timeout=120
+                    answer = print_answer(
+                        client, example.question, [example.context], request_id="demo", timeout=120
                     )
             except TimeoutError as e:
                 print(f"error: {e}; server log:\n{log_path.read_text()[-3000:]}", file=sys.stderr)
-                code = 1
+                answer = None
             finally:
                 process.send_signal(signal.SIGTERM)
                 try:
@@ -241,11 +253,14 @@ def demo(args: argparse.Namespace) -> int:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     status = "killed after 60 s"
+        if answer is not None:
+            verdict = "correct" if answer.strip() == example.answer else "wrong"
+            print(f"[demo] expected: {example.answer} ({verdict})", file=sys.stderr)
         print(f"[demo] server stopped (exit status {status})", file=sys.stderr)
         if not args.workdir:
             print("[demo] (a temporary folder, removed on exit: --workdir DIR keeps and reuses it)",
                   file=sys.stderr)  # fmt: skip
-    return code or (status != 0)
+    return 0 if answer is not None and status == 0 else 1
 
 
 def _free_port() -> int:

@@ -2,6 +2,7 @@
 draining a real server process, the end-to-end demo, and the generated stubs."""
 
 import filecmp
+import os
 import re
 import signal
 import subprocess
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import grpc
 import pytest
+from transformers import AutoTokenizer, LEDForConditionalGeneration
 
+from export.demo import DEMO_MODEL, demo_example
 from export.tiny import corpus
+from export.train import generate
 from server.cli import _free_port
 from server.cli import main as ledserve
 from server.client import Client
@@ -129,15 +133,51 @@ def test_sigterm_drains_an_in_flight_stream(served_model, tmp_path):
     assert gone.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
-def test_demo_runs_export_serve_ask_end_to_end(tmp_path, capfd):
+def _transformers_answer(example) -> str:
+    """transformers' greedy answer with the shipped weights: what the demo must stream."""
+    model = LEDForConditionalGeneration.from_pretrained(DEMO_MODEL).eval()
+    tokenizer = AutoTokenizer.from_pretrained(DEMO_MODEL)
+    tokens = generate(model, tokenizer, [example])
+    return tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
+
+
+def test_demo_streams_the_models_answer(tmp_path, capfd):
     assert ledserve(["demo", "--workdir", str(tmp_path)]) == 0
     out = capfd.readouterr()
+    example = demo_example()
+    answer = _transformers_answer(example)
     assert "validation passed" in out.err and "decoder.onnx" in out.err
-    assert "[demo] question: " in out.err and out.out.strip()  # the streamed answer
-    assert re.search(r"\[(stop|length): \d+ tokens from \d+ input tokens", out.err)
+    assert f"[demo] question: {example.question}" in out.err
+    assert out.out.strip() == answer  # the streamed answer
+    verdict = "correct" if answer == example.answer else "wrong"
+    assert f"[demo] expected: {example.answer} ({verdict})" in out.err
+    assert re.search(r"\[stop: \d+ tokens from \d+ input tokens", out.err)
     assert "[demo] server stopped (exit status 0)" in out.err
     assert ledserve(["demo", "--workdir", str(tmp_path)]) == 0  # again: reuses the export
-    assert "reusing the exported model" in capfd.readouterr().err
+    assert "reusing the exported demo model" in capfd.readouterr().err
+
+
+def test_serve_without_artifacts_serves_the_demo_model(tmp_path):
+    """No --artifacts: the embedded model, exported once into the user's cache, then reused."""
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
+    example = demo_example()
+    for reuse in (False, True):
+        port = _free_port()
+        command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+        log = tmp_path / "server.log"
+        with log.open("w") as err, subprocess.Popen(command, cwd=ROOT, stderr=err, env=env) as p:
+            try:
+                with Client(f"127.0.0.1:{port}") as client:
+                    client.wait_until_serving(timeout=300, alive=lambda: p.poll() is None)
+                    reply = client.generate(example.question, [example.context])
+                    assert reply.text.strip() == _transformers_answer(example)
+                p.send_signal(signal.SIGTERM)
+                assert p.wait(timeout=60) == 0
+            finally:
+                p.kill()
+        said = "reusing the exported" if reuse else "exporting the embedded"
+        assert f"[ledserve] {said} demo model" in log.read_text()
+    assert len(list(tmp_path.glob("ledserve/demo-*/manifest.json"))) == 1
 
 
 def test_generated_stubs_are_current(tmp_path):

@@ -1,0 +1,50 @@
+"""The embedded default model: a small LED trained by export/train.py on export/synthetic.py's
+long-context QA, shipped in export/demo_model/, exported on first use; and the demo's question."""
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+from export.cli import summary
+from export.convert import ExportConfig, export_model
+from export.manifest import MANIFEST
+from export.synthetic import Example, approximate_tokens, examples
+
+DEMO_MODEL = Path(__file__).parent / "demo_model"
+DEMO_SEED = 2026
+
+
+def demo_example() -> Example:
+    """A generated document of 3000+ tokens whose needed fact is past its middle (dozens of
+    attention windows from the question); the same one on every machine."""
+    for example in examples(DEMO_SEED, 1000):
+        if (
+            approximate_tokens(example.context) > 3000
+            and example.fact_start > len(example.context) * 0.6
+        ):
+            return example
+    raise AssertionError("no demo example in 1000 draws")
+
+
+def _version() -> str:
+    """The shipped weights' and tokenizer's sha256, shortened: a new model gets a new cache."""
+    digest = hashlib.sha256()
+    for name in ("model.safetensors", "tokenizer.json"):
+        digest.update((DEMO_MODEL / name).read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def default_artifacts(folder: Path | None = None) -> Path:
+    """The demo model exported (fp32, validated against transformers) into `folder`, or into
+    $XDG_CACHE_HOME/ledserve (~/.cache/ledserve) when none is given; reused once exported."""
+    if folder is None:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+        folder = cache / "ledserve" / f"demo-{_version()}"
+    if (folder / MANIFEST).exists():
+        print(f"[ledserve] reusing the exported demo model in {folder}", file=sys.stderr)
+        return folder
+    print(f"[ledserve] exporting the embedded demo model to {folder}", file=sys.stderr)
+    manifest = export_model(ExportConfig(model=str(DEMO_MODEL), output=folder, validate=True))
+    print(summary(folder, manifest), file=sys.stderr)
+    return folder
