@@ -24,7 +24,7 @@ def demo_example() -> Example:
             and example.fact_start > len(example.context) * 0.6
         ):
             return example
-    raise AssertionError("no demo example in 1000 draws")
+    raise RuntimeError("no demo example in 1000 draws")
 
 
 def _version() -> str:

@@ -167,11 +167,3 @@ def examples(seed: int, n: int, lengths: tuple[int, int] = LENGTHS, **kwargs) ->
     rng = random.Random(seed)
     for _ in range(n):
         yield make_example(rng, lengths, **kwargs)
-
-
-def corpus(seed: int, n: int) -> Iterator[str]:
-    """Text to train a tokenizer on: questions, answers and documents."""
-    for example in examples(seed, n):
-        yield example.question
-        yield example.answer
-        yield example.context
