@@ -43,6 +43,16 @@ class EncoderGraph(nn.Module):
 
     def forward(self, input_ids, attention_mask, global_attention_mask):
         """input_ids, attention_mask, global_attention_mask: [batch, seq] int64."""
+        hidden = self.hidden_states(input_ids, attention_mask, global_attention_mask)
+        cross = []
+        for layer in self.decoder_layers:
+            attn = layer.encoder_attn
+            cross.append(_split(attn.k_proj(hidden), attn))  # [batch, heads, seq, head_dim]
+            cross.append(_split(attn.v_proj(hidden), attn))
+        return (hidden, *cross)
+
+    def hidden_states(self, input_ids, attention_mask, global_attention_mask):
+        """The encoder alone: [batch, seq] int64 inputs -> [batch, seq, d_model]."""
         encoder = self.encoder
         is_pad = attention_mask == 0
         is_global = (global_attention_mask != 0) & ~is_pad  # padding is never global
@@ -59,13 +69,7 @@ class EncoderGraph(nn.Module):
             hidden = layer.self_attn_layer_norm(hidden + attn.output(attended))
             ffn = layer.fc2(layer.activation_fn(layer.fc1(hidden)))
             hidden = layer.final_layer_norm(hidden + ffn)
-
-        cross = []
-        for layer in self.decoder_layers:
-            attn = layer.encoder_attn
-            cross.append(_split(attn.k_proj(hidden), attn))  # [batch, heads, seq, head_dim]
-            cross.append(_split(attn.v_proj(hidden), attn))
-        return (hidden, *cross)
+        return hidden
 
 
 class DecoderGraph(nn.Module):

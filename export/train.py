@@ -248,7 +248,7 @@ def train(cfg: TrainConfig) -> dict:
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         mask = batch["attention_mask"]
-        hidden = encoder(batch["input_ids"], mask, batch["global_attention_mask"])[0]
+        hidden = encoder.hidden_states(batch["input_ids"], mask, batch["global_attention_mask"])
         loss = model(encoder_outputs=(hidden,), attention_mask=mask, labels=batch["labels"]).loss
         optimizer.zero_grad()
         loss.backward()
