@@ -42,7 +42,7 @@ SHAPE = dict(
     max_decoder_position_embeddings=64,
 )
 VOCAB_SIZE = 2048
-TOKENIZER_SEED, TRAIN_SEED, DEV_SEED, HELD_OUT_SEED = 1, 2, 3, 4
+TOKENIZER_SEED, DEV_SEED, HELD_OUT_SEED = 1, 3, 4  # training streams: TrainConfig.seed
 MAX_NEW_TOKENS = 32  # the longest answer is ~15 tokens
 
 
@@ -98,9 +98,14 @@ def encode(tokenizer, example: Example) -> tuple[list[int], list[int]]:
     engine/prompt.py builds them for a served request; a test checks they agree)."""
     text = INPUT_TEMPLATE.format(question=example.question, context=example.context)
     ids = tokenizer(text)["input_ids"]
-    prefix = INPUT_TEMPLATE.split("{question}")[0] + example.question
-    width = 1 + len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
+    width = _global_width(tokenizer, example.question)
     return ids, [int(i < width) for i in range(len(ids))]
+
+
+def _global_width(tokenizer, question: str) -> int:
+    """<s> and the template's tokens up to the end of the question: the global ones."""
+    prefix = INPUT_TEMPLATE.split("{question}")[0] + question
+    return 1 + len(tokenizer(prefix, add_special_tokens=False)["input_ids"])
 
 
 def fact_distance(tokenizer, example: Example) -> int:
@@ -109,8 +114,7 @@ def fact_distance(tokenizer, example: Example) -> int:
     start = text.index(" context: ") + len(" context: ") + example.fact_start
     offsets = tokenizer(text, return_offsets_mapping=True)["offset_mapping"]
     fact = next(i for i, (_, end) in enumerate(offsets) if end > start)
-    _, mask = encode(tokenizer, example)
-    return fact - sum(mask)
+    return fact - _global_width(tokenizer, example.question)
 
 
 def collate(tokenizer, batch: list[Example]) -> dict[str, torch.Tensor]:
