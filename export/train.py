@@ -1,7 +1,8 @@
 """Train the embedded demo model: a small LED on export/synthetic.py's long-context QA, with a
-byte-level BPE tokenizer trained on the same generator. Plain PyTorch loop on the CPU.
+byte-level BPE tokenizer trained on the same generator. Plain PyTorch loop, on the CPU unless
+`--device` names another torch device (the shipped model was trained on a 2-core CPU).
 
-    python -m export.train --output DIR [--steps N] [--minutes M]
+    python -m export.train --output DIR [--steps N] [--minutes M] [--seed S] [--device cuda]
 
 Writes a `from_pretrained` folder (model.safetensors, config, generation config, tokenizer) and
 training.json: the learning curve (train loss, dev exact match) and the held-out exact match.
@@ -29,12 +30,16 @@ from export.manifest import INPUT_TEMPLATE
 from export.synthetic import LENGTHS, Example, examples
 from export.tiny import SPECIAL_TOKENS
 
+# Whether a run learns to bind a value to its person (the loss falls from ~0.33 to ~0.2 per token
+# in the 100-300-token phase) depends on the initialisation and the documents drawn: with 8 heads
+# and seed 0 it did in every run tried on these streams; seeds 1-3 and 4- or 16-head models did
+# not within the budget (README, "The demo model").
 SHAPE = dict(
     d_model=128,
     encoder_layers=3,
-    decoder_layers=2,
-    encoder_attention_heads=4,
-    decoder_attention_heads=4,
+    decoder_layers=3,
+    encoder_attention_heads=8,
+    decoder_attention_heads=8,
     encoder_ffn_dim=512,
     decoder_ffn_dim=512,
     attention_window=[32, 32, 32],  # one-sided 16: a 4000-token document spans 125 windows
@@ -42,14 +47,14 @@ SHAPE = dict(
     max_decoder_position_embeddings=64,
 )
 VOCAB_SIZE = 2048
-TOKENIZER_SEED, DEV_SEED, HELD_OUT_SEED = 1, 3, 4  # training streams: TrainConfig.seed
+TOKENIZER_SEED, DEV_SEED, HELD_OUT_SEED = 1, 5, 6
 MAX_NEW_TOKENS = 32  # the longest answer is ~15 tokens
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     output: Path
-    steps: int = 6000
+    steps: int = 6300
     minutes: float | None = None  # stop early past this wall time (the curve says where)
     batch_tokens: int = 4096  # padded input tokens per step
     lr: float = 1e-3
@@ -67,10 +72,13 @@ class TrainConfig:
     dev_examples: int = 48
     held_out_examples: int = 200
     seed: int = 0
+    device: str = "cpu"  # a torch device; the shipped model is trained on the CPU
 
     def __post_init__(self):
         if self.steps < 1 or self.batch_tokens < 1 or self.eval_every < 1:
             raise ValueError("steps, batch_tokens and eval_every must be positive")
+        if self.seed < 0:
+            raise ValueError("seed must be >= 0")
         if abs(sum(fraction for fraction, _ in self.curriculum) - 1) > 1e-9:
             raise ValueError("the curriculum's fractions must add up to 1")
 
@@ -136,6 +144,13 @@ def collate(tokenizer, batch: list[Example]) -> dict[str, torch.Tensor]:
     )
 
 
+def stream_seed(seed: int, stage: int) -> int:
+    """The generator seed of a curriculum stage's documents. Dev and held-out documents come from
+    seeds no stage of seeds 0-9 uses (5 and 6; an earlier version evaluated on seed 4, which is
+    the last stage's own stream: it was scoring training documents)."""
+    return seed * 100 + stage
+
+
 def training_batches(tokenizer, seed: int, lengths, batch_tokens: int, pool: int = 64):
     """Endless batches: pools of examples sorted by length, cut to `batch_tokens` padded tokens."""
     rng, stream = random.Random(seed), examples(seed, 10**9, lengths)
@@ -160,6 +175,7 @@ def generate(model, tokenizer, batch: list[Example]) -> torch.Tensor:
     [batch, tokens], decoder start token first, padding after EOS."""
     inputs = collate(tokenizer, batch)
     inputs.pop("labels")
+    inputs = {name: tensor.to(model.device) for name, tensor in inputs.items()}
     with torch.no_grad():
         return model.generate(**inputs, max_new_tokens=MAX_NEW_TOKENS, num_beams=1, do_sample=False)
 
@@ -232,7 +248,7 @@ def train(cfg: TrainConfig) -> dict:
     transformers.logging.set_verbosity_error()  # not one "padded to the window" line per batch
     cfg.output.mkdir(parents=True, exist_ok=True)
     tokenizer = train_tokenizer(cfg.output)
-    model = build_model(tokenizer, cfg.seed)
+    model = build_model(tokenizer, cfg.seed).to(cfg.device)
     encoder = EncoderGraph(model)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=(0.9, 0.98), weight_decay=0.01
@@ -241,7 +257,7 @@ def train(cfg: TrainConfig) -> dict:
     stages, end = [], 0.0
     for i, (fraction, lengths) in enumerate(cfg.curriculum):
         end += fraction
-        stream = training_batches(tokenizer, cfg.seed * 100 + i, lengths, cfg.batch_tokens)
+        stream = training_batches(tokenizer, stream_seed(cfg.seed, i), lengths, cfg.batch_tokens)
         stages.append((round(end * cfg.steps), stream))
     curve, losses, seen, start = [], [], 0, time.monotonic()
     print(f"[train] {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M parameters, "
@@ -249,6 +265,7 @@ def train(cfg: TrainConfig) -> dict:
     for step in range(cfg.steps):
         model.train()
         batch = collate(tokenizer, next(next(s for until, s in stages if step < until)))
+        batch = {name: tensor.to(cfg.device) for name, tensor in batch.items()}
         for group in optimizer.param_groups:
             group["lr"] = learning_rate(cfg, step)
         mask = batch["attention_mask"]
@@ -277,7 +294,7 @@ def train(cfg: TrainConfig) -> dict:
             break
     minutes = (time.monotonic() - start) / 60
     model.eval()
-    model.save_pretrained(str(cfg.output))
+    model.to("cpu").save_pretrained(str(cfg.output))
     generation = GenerationConfig.from_model_config(model.config)
     generation.max_new_tokens = MAX_NEW_TOKENS
     generation.max_length = None
@@ -303,6 +320,7 @@ def main(argv=None) -> int:
         parser.add_argument(flag, type=int, default=getattr(defaults, name))
     parser.add_argument("--lr", type=float, default=defaults.lr)
     parser.add_argument("--minutes", type=float, help="stop early past this wall time")
+    parser.add_argument("--device", default=defaults.device, help="a torch device, e.g. cuda")
     args = vars(parser.parse_args(argv))
     report = train(TrainConfig(**args))
     print(json.dumps({k: report[k] for k in ("train_minutes", "held_out")}, indent=2))

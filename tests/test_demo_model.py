@@ -14,6 +14,7 @@ from export.convert import ExportConfig, export_model
 from export.demo import DEMO_MODEL, demo_example
 from export.synthetic import LENGTHS, RELATIONS, examples, make_example
 from export.train import (
+    DEV_SEED,
     HELD_OUT_SEED,
     MAX_NEW_TOKENS,
     SHAPE,
@@ -22,15 +23,16 @@ from export.train import (
     exact_match,
     fact_distance,
     generate,
+    stream_seed,
     train,
 )
 
 HELD_OUT = list(examples(HELD_OUT_SEED, 100))
-# Measured on these 100 examples with the shipped model: 0.32 overall, 0.306 on the 98 far facts
+# Measured on these 100 examples with the shipped model: 0.620 overall, 0.629 on the 97 far facts
 # (README, "The demo model"; the issue's target of 0.90 is not reached). The floors sit a few
 # points under the measurement, so that a regression, not noise, fails them.
-EXACT_MATCH_FLOOR = 0.25
-FAR_EXACT_MATCH_FLOOR = 0.25
+EXACT_MATCH_FLOOR = 0.57
+FAR_EXACT_MATCH_FLOOR = 0.57
 
 
 @pytest.fixture(scope="session")
@@ -169,6 +171,17 @@ def test_demo_question_is_far_from_the_question(tokenizer):
     window = max(json.loads((DEMO_MODEL / "config.json").read_text())["attention_window"])
     assert fact_distance(tokenizer, example) > 20 * window
     assert make_example(random.Random(0)).answer  # the generator's entry point, with defaults
+
+
+def test_training_never_sees_dev_or_held_out_documents(tmp_path):
+    """The curriculum's streams never draw the dev or held-out documents (an earlier version's
+    held-out set was its last stage's own stream: seed 4 at full length)."""
+    stages = TrainConfig(output=tmp_path).curriculum
+    seeds = {stream_seed(seed, stage) for seed in range(10) for stage in range(len(stages))}
+    assert not seeds & {DEV_SEED, HELD_OUT_SEED}
+    evaluated = {e.context for seed in (DEV_SEED, HELD_OUT_SEED) for e in examples(seed, 200)}
+    for stage, (_, lengths) in enumerate(stages):
+        assert not {e.context for e in examples(stream_seed(0, stage), 200, lengths)} & evaluated
 
 
 def test_training_script_runs_and_writes_a_loadable_model(tmp_path):
