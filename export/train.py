@@ -77,8 +77,6 @@ class TrainConfig:
     def __post_init__(self):
         if self.steps < 1 or self.batch_tokens < 1 or self.eval_every < 1:
             raise ValueError("steps, batch_tokens and eval_every must be positive")
-        if self.seed < 0:
-            raise ValueError("seed must be >= 0")
         if abs(sum(fraction for fraction, _ in self.curriculum) - 1) > 1e-9:
             raise ValueError("the curriculum's fractions must add up to 1")
 
