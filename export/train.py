@@ -292,7 +292,7 @@ def train(cfg: TrainConfig) -> dict:
             break
     minutes = (time.monotonic() - start) / 60
     model.eval()
-    model.to("cpu").save_pretrained(str(cfg.output))
+    model.save_pretrained(str(cfg.output))  # safetensors from any device
     generation = GenerationConfig.from_model_config(model.config)
     generation.max_new_tokens = MAX_NEW_TOKENS
     generation.max_length = None
