@@ -2,6 +2,8 @@
 editable installs), so that generated code is never committed. Everything else is in
 pyproject.toml."""
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import ClassVar
 
@@ -12,20 +14,27 @@ ROOT = Path(__file__).parent
 
 
 def generate_stubs(out: Path = ROOT):
-    """proto/**/x.proto -> out/proto/**/x_pb2.py, x_pb2.pyi, x_pb2_grpc.py."""
+    """proto/**/x.proto -> out/proto/**/x_pb2.py, x_pb2.pyi, x_pb2_grpc.py. The stubs import each
+    other by the installed name (`ledserve.proto.…`): protoc sees proto/ as ledserve/proto."""
     from grpc_tools import protoc
 
-    for source in sorted((ROOT / "proto").rglob("*.proto")):
-        args = [
-            "grpc_tools.protoc",
-            f"-I{ROOT}",
-            f"--python_out={out}",
-            f"--pyi_out={out}",
-            f"--grpc_python_out={out}",
-            str(source),
-        ]
-        if protoc.main(args) != 0:
-            raise RuntimeError(f"protoc failed on {source}")
+    with tempfile.TemporaryDirectory() as scratch:
+        for source in sorted((ROOT / "proto").rglob("*.proto")):
+            args = [
+                "grpc_tools.protoc",
+                f"-Iledserve/proto={ROOT / 'proto'}",
+                f"--python_out={scratch}",
+                f"--pyi_out={scratch}",
+                f"--grpc_python_out={scratch}",
+                str(source),
+            ]
+            if protoc.main(args) != 0:
+                raise RuntimeError(f"protoc failed on {source}")
+        generated = Path(scratch, "ledserve", "proto")
+        for stub in sorted(generated.rglob("*_pb2*")):
+            target = out / "proto" / stub.relative_to(generated)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(stub, target)
 
 
 class BuildProtos(Command):

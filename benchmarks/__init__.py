@@ -1,1 +1,1 @@
-"""Benchmarks against the PyTorch baseline: `python -m benchmarks` (or `ledserve bench`)."""
+"""Benchmarks against the PyTorch baseline: `ledserve bench` (`python -m ledserve.benchmarks`)."""

@@ -106,9 +106,9 @@ class InProcess:
     """The engine, driven in this thread (no loop thread, no server)."""
 
     def __init__(self, artifacts, device: str, profile: str | None = None):
-        from engine.artifacts import Artifacts
-        from engine.engine import Engine, EngineConfig
-        from engine.runtime import Runtime
+        from ledserve.engine.artifacts import Artifacts
+        from ledserve.engine.engine import Engine, EngineConfig
+        from ledserve.engine.runtime import Runtime
 
         runtime = Runtime(Artifacts.load(artifacts, verify=False), device, profile=profile)
         self.engine = Engine(runtime, EngineConfig(max_rows=256))
@@ -166,9 +166,9 @@ def serve_throughput(
 ) -> list[dict]:  # fmt: skip
     """The engine behind a real gRPC server on a loopback port; `c` clients each stream
     `per_client` requests back to back (pre-tokenized inputs of `length` tokens)."""
-    from engine.engine import EngineConfig
-    from server.app import BackgroundServer, ServerConfig
-    from server.client import Client
+    from ledserve.engine.engine import EngineConfig
+    from ledserve.server.app import BackgroundServer, ServerConfig
+    from ledserve.server.client import Client
 
     most = max(concurrency)
     config = EngineConfig(

@@ -1,15 +1,17 @@
-"""`python -m benchmarks` / `ledserve bench`: prepare the model (a checkpoint path, or a random
-LED with the LED-base shape exported by our own exporter), measure everything side by side, and
-write results.json, results.md and the plots."""
+"""`ledserve bench` / `python -m ledserve.benchmarks`: prepare the model (a checkpoint path, or a
+random LED with the LED-base shape exported by our own exporter), measure everything side by side,
+and write results.json, results.md and the plots."""
 
 import argparse
 import json
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
-from benchmarks import floors, machine, measure
-from benchmarks.report import markdown, plots
+from ledserve.benchmarks import floors, machine, measure
+from ledserve.benchmarks.report import markdown, plots
+from ledserve.manifest import MANIFEST, Manifest
 
 FULL = dict(
     lengths=[512, 1024, 2048, 4096, 8192, 16384],
@@ -62,8 +64,8 @@ def _say(message: str):
 
 def prepare(args) -> tuple[str, dict[str, Path]]:
     """(checkpoint, dtype -> artifacts folder), exporting what is missing."""
-    from export.convert import ExportConfig, export_model
-    from export.tiny import BASE, build_random_led
+    from ledserve.demo.tiny import BASE, build_random_led
+    from ledserve.export.convert import ExportConfig, export_model
 
     checkpoint = args.checkpoint
     if checkpoint is None:
@@ -74,7 +76,7 @@ def prepare(args) -> tuple[str, dict[str, Path]]:
     folders = {}
     for dtype in args.dtypes:
         folder = args.workdir / f"artifacts-{dtype}"
-        if not (folder / "manifest.json").exists():
+        if not (folder / MANIFEST).exists():
             _say(f"exporting {dtype} to {folder}")
             export_model(ExportConfig(model=str(checkpoint), output=folder, dtype=dtype,
                                       validate=True, force=True))  # fmt: skip
@@ -93,9 +95,12 @@ def run(args) -> dict:
         )
     args.dtypes = (args.dtypes or ("fp32,fp16" if args.device == "cuda" else "fp32")).split(",")
     checkpoint, folders = prepare(args)
-    manifest = json.loads((folders[args.dtypes[0]] / "manifest.json").read_text())
+    manifest = Manifest.read(folders[args.dtypes[0]])
     config = json.loads((folders[args.dtypes[0]] / "config.json").read_text())
-    model = {**manifest["model"], **{k: config[k] for k in ("encoder_ffn_dim", "decoder_ffn_dim")}}
+    model = {
+        **asdict(manifest.model),
+        **{k: config[k] for k in ("encoder_ffn_dim", "decoder_ffn_dim")},
+    }
     vocab, n = model["vocab_size"], sizes["new_tokens"]
     window = max(model["attention_window"])  # transformers pads the input to a window multiple
     lengths = [x for x in sizes["lengths"] if x + (-x % window) <= model["max_encoder_positions"]]
@@ -203,7 +208,7 @@ def _attach_floors(results: dict, folders: dict):
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ledserve.benchmarks", description=__doc__)
     add_arguments(parser)
     return bench(parser.parse_args(argv))
 

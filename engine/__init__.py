@@ -1,1 +1,2 @@
-"""Decoding engine over the exported ONNX graphs: `engine.engine.Engine` is the entry point."""
+"""Decoding engine over the exported ONNX graphs: `ledserve.engine.engine.Engine` is the entry
+point."""

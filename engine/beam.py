@@ -6,9 +6,9 @@ early-stopping modes and their stopping heuristic, in float32 as transformers co
 import numpy as np
 import torch
 
-from engine import processors
-from engine.params import GenerationParams
-from engine.search import Search
+from ledserve.engine import processors
+from ledserve.engine.params import GenerationParams
+from ledserve.engine.search import Search
 
 MASK = np.float32(-1.0e9)
 

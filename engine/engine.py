@@ -15,14 +15,15 @@ import numpy as np
 import torch
 from torch.nn import functional
 
-from engine.artifacts import Artifacts
-from engine.detokenize import Detokenizer
-from engine.errors import CapacityExceeded, InvalidRequest
-from engine.kv_cache import KVCache
-from engine.params import GenerationParams
-from engine.prompt import PromptBuilder
-from engine.request import Event, Request
-from engine.runtime import Runtime, resolve_device
+from ledserve.engine.artifacts import Artifacts
+from ledserve.engine.detokenize import Detokenizer
+from ledserve.engine.errors import CapacityExceeded, InvalidRequest
+from ledserve.engine.kv_cache import KVCache
+from ledserve.engine.params import GenerationParams
+from ledserve.engine.prompt import PromptBuilder
+from ledserve.engine.request import Event, Request
+from ledserve.engine.runtime import Runtime, resolve_device
+from ledserve.manifest import Manifest
 
 
 @dataclass(frozen=True)
@@ -50,15 +51,15 @@ class EngineConfig:
 class Engine:
     def __init__(self, runtime: Runtime, config: EngineConfig):
         self.runtime, self.config = runtime, config
-        manifest = runtime.artifacts.manifest
-        self.defaults = dict(manifest["generation_defaults"])
-        specials = manifest["special_tokens"]
-        self.defaults.setdefault("decoder_start_token_id", specials["decoder_start"])
-        self.defaults.setdefault("eos_token_id", specials["eos"])
-        self.defaults.setdefault("pad_token_id", specials["pad"])
-        self.max_input = manifest["model"]["max_encoder_positions"]
-        self.max_new_tokens = manifest["model"]["max_decoder_positions"] - 1
-        self.vocab_size = manifest["model"]["vocab_size"]
+        manifest = self.manifest
+        self.defaults = dict(manifest.generation_defaults)
+        specials = manifest.special_tokens
+        self.defaults.setdefault("decoder_start_token_id", specials.decoder_start)
+        self.defaults.setdefault("eos_token_id", specials.eos)
+        self.defaults.setdefault("pad_token_id", specials.pad)
+        self.max_input = manifest.model.max_encoder_positions
+        self.max_new_tokens = manifest.model.max_decoder_positions - 1
+        self.vocab_size = manifest.model.vocab_size
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.lock = threading.Lock()
@@ -68,6 +69,11 @@ class Engine:
         self.steps = 0  # loop iterations that ran the decoder
         self.decoder_calls = 0  # decoder graph runs (one per rows-per-request group and step)
         self.decoder_rows = 0  # rows summed over those runs
+
+    @property
+    def manifest(self) -> Manifest:
+        """What the artifacts say of the model: source, dtype, dimensions, template, defaults."""
+        return self.runtime.artifacts.manifest
 
     @classmethod
     def from_artifacts(cls, path, device: str = "auto", verify: bool = True, **config) -> "Engine":
@@ -312,7 +318,7 @@ class Engine:
 
     @functools.cached_property
     def prompts(self) -> PromptBuilder:
-        template = self.runtime.artifacts.manifest["input_template"]
+        template = self.manifest.input_template
         return PromptBuilder(self.tokenizer, template, self.max_input)
 
     def answer(self, question: str, context: str | list[str], **params) -> str:

@@ -6,7 +6,7 @@ them by name. Unknown or unsupported names are an error, never silently ignored.
 
 from dataclasses import dataclass, fields
 
-from engine.errors import InvalidRequest
+from ledserve.engine.errors import InvalidRequest
 
 # generation_config keys that do not change what is generated (or are handled elsewhere).
 _INERT = {"transformers_version", "_from_model_config", "bos_token_id", "use_cache", "max_length"}

@@ -8,7 +8,7 @@ both torch tensors on the device where the logits are, so vocabulary-sized work 
 
 import torch
 
-from engine.params import GenerationParams
+from ledserve.engine.params import GenerationParams
 
 NEG_INF = float("-inf")
 

@@ -4,7 +4,7 @@ attention on `<s>` and the question, and the policy for inputs longer than the m
 
 from dataclasses import dataclass
 
-from engine.errors import InvalidRequest
+from ledserve.engine.errors import InvalidRequest
 
 
 @dataclass(frozen=True)

@@ -8,10 +8,10 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from engine.beam import BeamSearch
-from engine.kv_cache import KVCache
-from engine.params import GenerationParams
-from engine.search import Search, TokenSearch
+from ledserve.engine.beam import BeamSearch
+from ledserve.engine.kv_cache import KVCache
+from ledserve.engine.params import GenerationParams
+from ledserve.engine.search import Search, TokenSearch
 
 _ids = itertools.count()
 

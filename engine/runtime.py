@@ -9,9 +9,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from engine.artifacts import Artifacts
-from engine.errors import ArtifactError
-from engine.kv_cache import KVCache
+from ledserve.engine.artifacts import Artifacts
+from ledserve.engine.errors import ArtifactError
+from ledserve.engine.kv_cache import KVCache
 
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}
 NUMPY_TYPE = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
@@ -41,9 +41,9 @@ class Runtime:
             options.enable_profiling, options.profile_file_prefix = True, profile
         self.encoder = self._session(artifacts.graph("encoder"), options)
         self.decoder = self._session(artifacts.graph("decoder"), options)
-        model = artifacts.model
-        self.layers, self.heads = model["decoder_layers"], model["decoder_attention_heads"]
-        self.head_dim, self.vocab = model["head_dim"], model["vocab_size"]
+        model = artifacts.manifest.model
+        self.layers, self.heads = model.decoder_layers, model.decoder_attention_heads
+        self.head_dim, self.vocab = model.head_dim, model.vocab_size
         past = artifacts.tensor_name("past_key", 0)
         past_type = next(i.type for i in self.decoder.get_inputs() if i.name == past)
         self.float_type = torch.float16 if past_type == "tensor(float16)" else torch.float32

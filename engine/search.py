@@ -9,8 +9,8 @@ follow transformers' `_sample` (greedy when do_sample is False).
 import numpy as np
 import torch
 
-from engine import processors
-from engine.params import GenerationParams
+from ledserve.engine import processors
+from ledserve.engine.params import GenerationParams
 
 
 class Search:

@@ -1,5 +1,5 @@
 import sys
 
-from export.cli import main
+from ledserve.export.cli import main
 
 sys.exit(main())

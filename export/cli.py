@@ -1,10 +1,11 @@
-"""`ledserve export` / `python -m export`: command-line front of export/convert.py."""
+"""`ledserve export` / `python -m ledserve.export`: command-line front of export/convert.py."""
 
 import argparse
 import sys
 from pathlib import Path
 
-from export.convert import DTYPES, ExportConfig, ExportError, export_model
+from ledserve.export.convert import DTYPES, ExportConfig, ExportError, export_model
+from ledserve.manifest import Manifest
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -43,22 +44,25 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def summary(folder: Path, manifest: dict) -> str:
-    files = manifest["files"]
-    lines = [f"exported {manifest['source']['model']} ({manifest['dtype']}) to {folder}:"]
-    lines += [f"  {name:<28} {entry['bytes'] / 2**20:9.2f} MiB" for name, entry in files.items()]
-    validation = manifest["validation"]
+def summary(folder: Path, manifest: Manifest) -> str:
+    lines = [f"exported {manifest.source.model} ({manifest.dtype}) to {folder}:"]
+    lines += [
+        f"  {name:<28} {entry.bytes / 2**20:9.2f} MiB" for name, entry in manifest.files.items()
+    ]
+    validation = manifest.validation
     lines.append(
         "  validation: "
         + (
             "not run (pass --validate)"
             if validation is None
-            else f"passed ({validation['criterion']}, {len(validation['checks'])} checks)"
+            else f"passed ({validation.criterion}, {len(validation.checks)} checks)"
         )
     )
     return "\n".join(lines)
 
 
 def main(argv=None) -> int:
-    parser = add_arguments(argparse.ArgumentParser(prog="python -m export", description=__doc__))
+    parser = add_arguments(
+        argparse.ArgumentParser(prog="python -m ledserve.export", description=__doc__)
+    )
     return run(parser.parse_args(argv))

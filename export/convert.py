@@ -26,18 +26,11 @@ from transformers import (
 )
 from transformers.utils import logging as hf_logging
 
-from export.fp16 import to_fp16
-from export.graphs import (
-    CROSS_KEY,
-    CROSS_VALUE,
-    GRAPHS,
-    PAST_KEY,
-    PAST_VALUE,
-    PRESENT_KEY,
-    PRESENT_VALUE,
-)
-from export.manifest import INPUT_TEMPLATE, graph_signature, package_versions, write_manifest
-from export.validate import format_table, validate
+from ledserve.export.fp16 import to_fp16
+from ledserve.export.graphs import GRAPHS
+from ledserve.export.manifest import build_manifest, graph_signature
+from ledserve.export.validate import format_table, validate
+from ledserve.manifest import Graph, Manifest
 
 DTYPES = ("fp32", "fp16")
 # Graphs whose initializers pass this many bytes keep their weights in one external data file
@@ -136,7 +129,7 @@ def save_onnx(model: onnx.ModelProto, path: Path, external_bytes: int = EXTERNAL
     )
 
 
-def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str) -> dict:
+def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str) -> Graph:
     """Trace one graph with optimum's exporter (TorchScript), convert it to fp16 if asked, save it
     into the artifacts folder; returns its signature."""
     traced = path.with_suffix(".trace")  # a scratch folder inside the temporary artifacts folder
@@ -151,10 +144,10 @@ def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str) -> dic
         model = onnx.load(str(traced / path.name))
     save_onnx(model, path)
     shutil.rmtree(traced)
-    return graph_signature(model)
+    return graph_signature(model, path.name)
 
 
-def export_model(cfg: ExportConfig) -> dict:
+def export_model(cfg: ExportConfig) -> Manifest:
     """Run the whole export; returns the manifest. Raises ExportError on anything user-fixable."""
     output = Path(cfg.output).expanduser()
     if output.exists() and not cfg.force:
@@ -178,7 +171,7 @@ def export_model(cfg: ExportConfig) -> dict:
     return manifest
 
 
-def _build(cfg, model, tokenizer, generation, work: Path) -> dict:
+def _build(cfg, model, tokenizer, generation, work: Path) -> Manifest:
     config = model.config
     graphs = {}
     for name, (graph, onnx_config) in GRAPHS.items():
@@ -194,7 +187,7 @@ def _build(cfg, model, tokenizer, generation, work: Path) -> dict:
             except RuntimeError as e:  # onnxruntime's errors, a provider that will not start
                 raise ExportError(f"validation could not run on {cfg.device}: {e}") from e
         print(format_table(report), file=sys.stderr)
-        if not report["passed"]:
+        if not report.passed:
             raise ExportError(
                 "validation failed: the exported graphs differ from transformers (table above)"
             )
@@ -203,53 +196,7 @@ def _build(cfg, model, tokenizer, generation, work: Path) -> dict:
         tokenizer.save_pretrained(str(work))
         config.save_pretrained(str(work))
         generation.save_pretrained(str(work))
-        manifest = write_manifest(work, _manifest_body(cfg, model, generation, graphs, report))
+        manifest = build_manifest(
+            cfg.model, cfg.dtype, cfg.opset, model, generation, graphs, report
+        ).write(work)
     return manifest
-
-
-def _manifest_body(cfg, model, generation, graphs, report) -> dict:
-    config = model.config
-    return {
-        "source": {
-            "model": cfg.model,
-            "revision": getattr(config, "_commit_hash", None),
-            "model_type": config.model_type,
-        },
-        "dtype": cfg.dtype,
-        "opset": cfg.opset,
-        "packages": package_versions(),
-        "model": {
-            "d_model": config.d_model,
-            "encoder_layers": config.encoder_layers,
-            "decoder_layers": config.decoder_layers,
-            "encoder_attention_heads": config.encoder_attention_heads,
-            "decoder_attention_heads": config.decoder_attention_heads,
-            "head_dim": config.d_model // config.decoder_attention_heads,
-            "attention_window": list(config.attention_window),
-            "max_encoder_positions": config.max_encoder_position_embeddings,
-            "max_decoder_positions": config.max_decoder_position_embeddings,
-            "vocab_size": config.vocab_size,
-        },
-        "special_tokens": {
-            "pad": config.pad_token_id,
-            "bos": config.bos_token_id,
-            "eos": config.eos_token_id,
-            "decoder_start": config.decoder_start_token_id,
-            "forced_bos": generation.forced_bos_token_id,
-            "forced_eos": generation.forced_eos_token_id,
-        },
-        "input_template": INPUT_TEMPLATE,
-        "generation_defaults": generation.to_diff_dict(),
-        "graphs": {
-            name: {"file": f"{name}.onnx", **signature} for name, signature in graphs.items()
-        },
-        "tensor_names": {
-            "past_key": PAST_KEY,
-            "past_value": PAST_VALUE,
-            "present_key": PRESENT_KEY,
-            "present_value": PRESENT_VALUE,
-            "cross_key": CROSS_KEY,
-            "cross_value": CROSS_VALUE,
-        },
-        "validation": report,
-    }

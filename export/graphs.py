@@ -13,7 +13,7 @@ from optimum.exporters.onnx import OnnxConfig
 from optimum.utils import NormalizedSeq2SeqConfig
 from torch import nn
 
-from export.attention import (
+from ledserve.export.attention import (
     MASKED,
     global_slots,
     longformer_self_attention,

@@ -1,20 +1,31 @@
-"""The artifacts folder's manifest.json: what the engine trusts instead of hard-coding anything.
+"""What the exporter records in an artifacts folder's manifest (`ledserve.manifest` defines it):
+the source, package versions, graph signatures, the model's dimensions and special tokens, the
+input template and default generation options, and the validation results."""
 
-Format version, source model, dtype, opset, package versions, each file's sha256 and size, graph
-signatures, tensor-name templates, model dimensions, special tokens, the input template, default
-generation options and the validation results.
-"""
-
-import hashlib
-import json
 from importlib.metadata import PackageNotFoundError, version
-from pathlib import Path
 
 import onnx
 
-FORMAT_VERSION = 1
-MANIFEST = "manifest.json"
-INPUT_TEMPLATE = "question: {question} context: {context}"
+from ledserve.export.graphs import (
+    CROSS_KEY,
+    CROSS_VALUE,
+    PAST_KEY,
+    PAST_VALUE,
+    PRESENT_KEY,
+    PRESENT_VALUE,
+)
+from ledserve.manifest import (
+    INPUT_TEMPLATE,
+    Graph,
+    Manifest,
+    ModelShape,
+    Source,
+    SpecialTokens,
+    Tensor,
+    TensorNames,
+    Validation,
+)
+
 PACKAGES = ("torch", "transformers", "optimum", "optimum-onnx", "onnx", "onnxruntime-gpu")
 
 
@@ -28,41 +39,75 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
-def graph_signature(model: onnx.ModelProto) -> dict:
+def graph_signature(model: onnx.ModelProto, file: str) -> Graph:
     """Inputs and outputs: name, element type, and shape (symbolic axes by name)."""
 
-    def describe(value):
+    def describe(value) -> Tensor:
         tensor = value.type.tensor_type
-        return {
-            "name": value.name,
-            "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
-            "shape": [d.dim_param or d.dim_value for d in tensor.shape.dim],
-        }
+        return Tensor(
+            name=value.name,
+            dtype=onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type).name,
+            shape=tuple(d.dim_param or d.dim_value for d in tensor.shape.dim),
+        )
 
-    return {
-        "inputs": [describe(v) for v in model.graph.input],
-        "outputs": [describe(v) for v in model.graph.output],
-    }
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return Graph(
+        file=file,
+        inputs=tuple(describe(v) for v in model.graph.input),
+        outputs=tuple(describe(v) for v in model.graph.output),
+    )
 
 
-def file_entries(folder: Path) -> dict[str, dict]:
-    """sha256 and size of every file in the folder but the manifest itself."""
-    return {
-        p.name: {"sha256": sha256(p), "bytes": p.stat().st_size}
-        for p in sorted(folder.iterdir())
-        if p.is_file() and p.name != MANIFEST
-    }
-
-
-def write_manifest(folder: Path, manifest: dict) -> dict:
-    manifest = {"format_version": FORMAT_VERSION, **manifest, "files": file_entries(folder)}
-    (folder / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
+def build_manifest(
+    source: str,
+    dtype: str,
+    opset: int,
+    model,
+    generation,
+    graphs: dict[str, Graph],
+    validation: Validation | None,
+) -> Manifest:
+    """The manifest of an export of the transformers `model` (its `files` are filled when it is
+    written)."""
+    config = model.config
+    return Manifest(
+        source=Source(
+            model=source,
+            revision=getattr(config, "_commit_hash", None),
+            model_type=config.model_type,
+        ),
+        dtype=dtype,
+        opset=opset,
+        packages=package_versions(),
+        model=ModelShape(
+            d_model=config.d_model,
+            encoder_layers=config.encoder_layers,
+            decoder_layers=config.decoder_layers,
+            encoder_attention_heads=config.encoder_attention_heads,
+            decoder_attention_heads=config.decoder_attention_heads,
+            head_dim=config.d_model // config.decoder_attention_heads,
+            attention_window=tuple(config.attention_window),
+            max_encoder_positions=config.max_encoder_position_embeddings,
+            max_decoder_positions=config.max_decoder_position_embeddings,
+            vocab_size=config.vocab_size,
+        ),
+        special_tokens=SpecialTokens(
+            pad=config.pad_token_id,
+            bos=config.bos_token_id,
+            eos=config.eos_token_id,
+            decoder_start=config.decoder_start_token_id,
+            forced_bos=generation.forced_bos_token_id,
+            forced_eos=generation.forced_eos_token_id,
+        ),
+        input_template=INPUT_TEMPLATE,
+        generation_defaults=generation.to_diff_dict(),
+        graphs=graphs,
+        tensor_names=TensorNames(
+            past_key=PAST_KEY,
+            past_value=PAST_VALUE,
+            present_key=PRESENT_KEY,
+            present_value=PRESENT_VALUE,
+            cross_key=CROSS_KEY,
+            cross_value=CROSS_VALUE,
+        ),
+        validation=validation,
+    )

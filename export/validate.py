@@ -6,27 +6,23 @@ steps with its KV cache. Errors are reported per output: max abs, and max abs re
 largest reference magnitude. fp32 must match within an absolute 1e-4, fp16 within 1e-2 relative.
 """
 
-from dataclasses import asdict, dataclass
-
 import numpy as np
 import onnxruntime as ort
 import torch
 
-from export.graphs import CROSS_KEY, CROSS_VALUE, PAST_KEY, PAST_VALUE, PRESENT_KEY, PRESENT_VALUE
+from ledserve.export.graphs import (
+    CROSS_KEY,
+    CROSS_VALUE,
+    PAST_KEY,
+    PAST_VALUE,
+    PRESENT_KEY,
+    PRESENT_VALUE,
+)
+from ledserve.manifest import Check, Validation
 
 TOLERANCES = {"fp32": ("max_abs", 1e-4), "fp16": ("max_rel", 1e-2)}
 DECODER_STEPS = 20
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}
-
-
-@dataclass
-class Check:
-    graph: str
-    output: str
-    case: str
-    max_abs: float
-    max_rel: float
-    passed: bool
 
 
 def session(path, device: str = "cpu") -> ort.InferenceSession:
@@ -173,7 +169,7 @@ def compare(graph, output, case, got, want, dtype) -> Check:
     )
 
 
-def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = None) -> dict:
+def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = None) -> Validation:
     """Run both sides on fresh random inputs; returns the checks and whether all passed."""
     seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
     rng = np.random.default_rng(seed)
@@ -207,23 +203,23 @@ def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = 
             )
         )
     metric, limit = TOLERANCES[dtype]
-    return {
-        "seed": seed,
-        "device": device,
-        "dtype": dtype,
-        "criterion": f"{metric} <= {limit:g}",
-        "passed": all(c.passed for c in checks),
-        "checks": [asdict(c) for c in checks],
-    }
+    return Validation(
+        seed=seed,
+        device=device,
+        dtype=dtype,
+        criterion=f"{metric} <= {limit:g}",
+        passed=all(c.passed for c in checks),
+        checks=tuple(checks),
+    )
 
 
-def format_table(report: dict) -> str:
+def format_table(report: Validation) -> str:
     """One row per graph output: the worst error over all cases."""
     worst: dict[tuple[str, str], list] = {}
-    for c in report["checks"]:
-        row = worst.setdefault((c["graph"], c["output"]), [0.0, 0.0, True, 0])
-        row[0], row[1] = max(row[0], c["max_abs"]), max(row[1], c["max_rel"])
-        row[2], row[3] = row[2] and c["passed"], row[3] + 1
+    for c in report.checks:
+        row = worst.setdefault((c.graph, c.output), [0.0, 0.0, True, 0])
+        row[0], row[1] = max(row[0], c.max_abs), max(row[1], c.max_rel)
+        row[2], row[3] = row[2] and c.passed, row[3] + 1
     rows = [("graph", "output", "cases", "max abs", "max rel", "ok")]
     for (graph, output), (max_abs, max_rel, passed, cases) in worst.items():
         rows.append(
@@ -240,9 +236,9 @@ def format_table(report: dict) -> str:
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
-    verdict = "passed" if report["passed"] else "FAILED"
+    verdict = "passed" if report.passed else "FAILED"
     lines.append(
-        f"validation {verdict}: {report['dtype']} on {report['device']}, {report['criterion']}, "
-        f"seed {report['seed']}"
+        f"validation {verdict}: {report.dtype} on {report.device}, {report.criterion}, "
+        f"seed {report.seed}"
     )
     return "\n".join(lines)

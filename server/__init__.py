@@ -1,1 +1,2 @@
-"""gRPC server, client and the `ledserve` command line (server/cli.py)."""
+"""gRPC server (`app`, `service`), its client (`client`) and their commands: `ledserve serve`
+(`cli`) and `ledserve ask` (`ask`, which needs only grpcio and protobuf)."""

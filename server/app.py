@@ -14,12 +14,12 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
-from engine.engine import Engine, EngineConfig
-from engine.errors import EngineError
-from proto.ledserve.v1 import ledserve_pb2, ledserve_pb2_grpc
-from server.logs import log
-from server.metrics import Metrics
-from server.service import LedServeService
+from ledserve.engine.engine import Engine, EngineConfig
+from ledserve.engine.errors import EngineError
+from ledserve.proto.ledserve.v1 import ledserve_pb2, ledserve_pb2_grpc
+from ledserve.server.logs import log
+from ledserve.server.metrics import Metrics
+from ledserve.server.service import LedServeService
 
 SERVICE = ledserve_pb2.DESCRIPTOR.services_by_name["LedServe"].full_name  # "ledserve.v1.LedServe"
 SERVING = health_pb2.HealthCheckResponse.SERVING

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from proto.ledserve.v1 import ledserve_pb2 as pb
-from proto.ledserve.v1 import ledserve_pb2_grpc
-from server.convert import kwargs_to_parameters
+from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
+from ledserve.proto.ledserve.v1 import ledserve_pb2_grpc
+from ledserve.server.convert import kwargs_to_parameters
 
 TRUNCATION = {"context": pb.TRUNCATE_CONTEXT, "reject": pb.REJECT}
 

@@ -4,8 +4,8 @@ engine validates values (ranges, limits) and names the field in its messages."""
 
 from dataclasses import dataclass
 
-from engine.errors import InvalidRequest
-from proto.ledserve.v1 import ledserve_pb2 as pb
+from ledserve.engine.errors import InvalidRequest
+from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 
 # The proto's generation fields, named as GenerationParams' (a field the engine lacks is refused
 # there as an unsupported parameter, never silently dropped here).
@@ -119,13 +119,13 @@ def summary(event, tokenizer, input_tokens: int, truncated: int, arrival_offset:
 
 
 def model_info(engine) -> pb.ModelInfo:
-    manifest = engine.runtime.artifacts.manifest
+    manifest = engine.manifest
     defaults = engine.params()
     return pb.ModelInfo(
-        name=manifest["source"]["model"],
-        dtype=manifest["dtype"],
+        name=manifest.source.model,
+        dtype=manifest.dtype,
         device=engine.runtime.device_name,
-        input_template=manifest["input_template"],
+        input_template=manifest.input_template,
         max_input_tokens=engine.max_input,
         max_new_tokens=engine.max_new_tokens,
         max_beams=engine.config.max_beams,

@@ -9,13 +9,13 @@ import uuid
 
 import grpc
 
-from engine.detokenize import Detokenizer
-from engine.errors import CapacityExceeded, InvalidRequest
-from proto.ledserve.v1 import ledserve_pb2 as pb
-from proto.ledserve.v1 import ledserve_pb2_grpc
-from server import convert
-from server.logs import log
-from server.metrics import Metrics
+from ledserve.engine.detokenize import Detokenizer
+from ledserve.engine.errors import CapacityExceeded, InvalidRequest
+from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
+from ledserve.proto.ledserve.v1 import ledserve_pb2_grpc
+from ledserve.server import convert
+from ledserve.server.logs import log
+from ledserve.server.metrics import Metrics
 
 
 class NotReady(Exception):

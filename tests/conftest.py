@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from transformers import LEDForConditionalGeneration
 
-from export.convert import ExportConfig, export_model
-from export.tiny import build_random_led
-from server.app import BackgroundServer, ServerConfig
+from ledserve.demo.tiny import build_random_led
+from ledserve.export.convert import ExportConfig, export_model
+from ledserve.server.app import BackgroundServer, ServerConfig
 
 # Two shapes with odd, per-layer one-sided windows (6, 2, 3 and 5, 5); transformers itself needs
 # every window to divide the largest one.

@@ -4,8 +4,8 @@ shared cross-attention memory, sampling seeds, the loop thread, and fp16 against
 import numpy as np
 import pytest
 
-from engine.engine import Engine
-from engine.errors import CapacityExceeded, InvalidRequest
+from ledserve.engine.engine import Engine
+from ledserve.engine.errors import CapacityExceeded, InvalidRequest
 
 MIXED = [  # rows per request 2, 1, 2, 4, 1: the G = 1 and G = 2 groups share decoder runs
     dict(max_new_tokens=12, min_new_tokens=6, num_beams=2, no_repeat_ngram_size=2),
@@ -137,8 +137,8 @@ def test_sampling_draws_from_the_processed_distribution():
     import torch
     from transformers.generation import logits_process as hf
 
-    from engine.params import GenerationParams
-    from engine.search import TokenSearch
+    from ledserve.engine.params import GenerationParams
+    from ledserve.engine.search import TokenSearch
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 2, (1, 30)).astype(np.float32)

@@ -3,8 +3,8 @@ benchmarks never run as tests)."""
 
 import json
 
-from export.tiny import build_random_led
-from server.cli import main as ledserve
+from ledserve.cli import main as ledserve
+from ledserve.demo.tiny import build_random_led
 
 
 def test_quick_benchmark_writes_results(tmp_path):

@@ -11,10 +11,9 @@ import pytest
 import torch
 from transformers import BartConfig
 
-import export.convert
-from export.convert import ExportConfig, ExportError, export_model, save_onnx
-from export.manifest import INPUT_TEMPLATE, sha256
-from server.cli import main as ledserve
+from ledserve.cli import main as ledserve
+from ledserve.export.convert import ExportConfig, ExportError, export_model, save_onnx
+from ledserve.manifest import INPUT_TEMPLATE, Validation, sha256
 
 
 def test_manifest_describes_the_artifacts(exported):
@@ -101,16 +100,12 @@ def test_failure_leaves_nothing_behind(checkpoint, tmp_path, monkeypatch):
     folder, _ = checkpoint
 
     def failing_validation(*args, **kwargs):
-        return {
-            "passed": False,
-            "checks": [],
-            "seed": 0,
-            "device": "cpu",
-            "dtype": "fp32",
-            "criterion": "max_abs <= 0.0001",
-        }
+        return Validation(
+            seed=0, device="cpu", dtype="fp32", criterion="max_abs <= 0.0001", passed=False,
+            checks=(),
+        )  # fmt: skip
 
-    monkeypatch.setattr(export.convert, "validate", failing_validation)
+    monkeypatch.setattr("ledserve.export.convert.validate", failing_validation)
     with pytest.raises(ExportError, match="validation failed"):
         export_model(ExportConfig(model=str(folder), output=tmp_path / "out", validate=True))
     assert list(tmp_path.iterdir()) == []  # neither the output nor the temporary folder
@@ -122,7 +117,7 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path):
         [
             sys.executable,
             "-m",
-            "export",
+            "ledserve.export",
             "--model",
             "someone/led-model",
             "--output",
@@ -138,10 +133,18 @@ def test_unreachable_hub_id_is_a_clear_error(tmp_path):
     assert "Traceback" not in run.stderr
 
 
-def test_python_dash_m_export(checkpoint, tmp_path):
+def test_python_dash_m_ledserve_export(checkpoint, tmp_path):
     folder, _ = checkpoint
     run = subprocess.run(
-        [sys.executable, "-m", "export", "--model", str(folder), "--output", str(tmp_path / "o")],
+        [
+            sys.executable,
+            "-m",
+            "ledserve.export",
+            "--model",
+            str(folder),
+            "--output",
+            str(tmp_path / "o"),
+        ],
         capture_output=True,
         text=True,
         check=False,

@@ -4,7 +4,7 @@ contract (empty cache slots, rows grouped per request, several new tokens in one
 import numpy as np
 import pytest
 
-from export.validate import (
+from ledserve.export.validate import (
     compare,
     random_encoder_inputs,
     reference_decoder_logits,

@@ -1,4 +1,4 @@
-"""The shipped demo model (export/demo_model/): on a fixed held-out set of generated documents the
+"""The shipped demo model (demo/checkpoint/): on a fixed held-out set of generated documents the
 engine's fp32 answers equal transformers' generate, exact match stays above a floor, and fp16
 stays close to fp32. Also the generator and the training script themselves."""
 
@@ -9,11 +9,9 @@ import re
 import pytest
 from transformers import AutoTokenizer, LEDForConditionalGeneration
 
-from engine.engine import Engine
-from export.convert import ExportConfig, export_model
-from export.demo import DEMO_MODEL, demo_example
-from export.synthetic import LENGTHS, RELATIONS, examples, make_example
-from export.train import (
+from ledserve.demo.model import DEMO_MODEL, demo_example
+from ledserve.demo.synthetic import LENGTHS, RELATIONS, examples, make_example
+from ledserve.demo.train import (
     DEV_SEED,
     HELD_OUT_SEED,
     MAX_NEW_TOKENS,
@@ -26,6 +24,8 @@ from export.train import (
     stream_seed,
     train,
 )
+from ledserve.engine.engine import Engine
+from ledserve.export.convert import ExportConfig, export_model
 
 HELD_OUT = list(examples(HELD_OUT_SEED, 100))
 # Measured on these 100 examples with the shipped model: 0.620 overall, 0.629 on the 97 far facts

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from export.attention import global_slots
-from export.validate import compare, random_encoder_inputs, reference_encoder, session
+from ledserve.export.attention import global_slots
+from ledserve.export.validate import compare, random_encoder_inputs, reference_encoder, session
 
 PATTERNS = ["none", "first", "question", "random"]
 

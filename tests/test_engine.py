@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from engine.engine import Engine
+from ledserve.engine.engine import Engine
 
 
 @pytest.fixture(scope="session")

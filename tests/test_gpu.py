@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from export.validate import validate
+from ledserve.export.validate import validate
 
 pytestmark = pytest.mark.gpu
 
@@ -13,4 +13,4 @@ pytestmark = pytest.mark.gpu
 def test_validation_on_cuda(checkpoint, exported, dtype):
     _, model = checkpoint
     report = validate(model, exported[dtype], dtype, device="cuda")
-    assert report["passed"], report
+    assert report.passed, report

@@ -5,9 +5,9 @@ import pytest
 import torch
 from transformers.generation import logits_process as hf
 
-from engine import processors as ours
-from engine.errors import InvalidRequest
-from engine.params import GenerationParams
+from ledserve.engine import processors as ours
+from ledserve.engine.errors import InvalidRequest
+from ledserve.engine.params import GenerationParams
 
 VOCAB = 40
 

@@ -14,13 +14,13 @@ import grpc
 import pytest
 from transformers import AutoTokenizer, LEDForConditionalGeneration
 
-from export.demo import DEMO_MODEL, demo_example
-from export.tiny import corpus
-from export.train import generate
-from server.cli import _free_port
-from server.cli import main as ledserve
-from server.client import Client
-from server.documents import read_document
+from ledserve.cli import main as ledserve
+from ledserve.demo.model import DEMO_MODEL, demo_example
+from ledserve.demo.run import free_port
+from ledserve.demo.tiny import corpus
+from ledserve.demo.train import generate
+from ledserve.server.client import Client
+from ledserve.server.documents import read_document
 
 ROOT = Path(__file__).parents[1]
 
@@ -94,17 +94,17 @@ def test_ask_reports_errors_without_a_trace(served, tmp_path, capsys):
 
 _SLOW_SERVER = """
 import sys, time
-from engine.runtime import Runtime
+from ledserve.engine.runtime import Runtime
 
 decode = Runtime.decode
 Runtime.decode = lambda self, *a: (time.sleep(0.03), decode(self, *a))[1]
-from server.cli import main
+from ledserve.cli import main
 sys.exit(main(sys.argv[1:]))
 """
 
 
 def test_sigterm_drains_an_in_flight_stream(served_model, tmp_path):
-    port = _free_port()
+    port = free_port()
     command = [sys.executable, "-c", _SLOW_SERVER, "serve", "--artifacts", str(served_model[1]),
                "--port", str(port), "--device", "cpu", "--no-verify"]  # fmt: skip
     log = tmp_path / "server.log"
@@ -162,8 +162,8 @@ def test_serve_without_artifacts_serves_the_demo_model(tmp_path):
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     example = demo_example()
     for reuse in (False, True):
-        port = _free_port()
-        command = [sys.executable, "-m", "server.cli", "serve", "--port", str(port)]
+        port = free_port()
+        command = [sys.executable, "-m", "ledserve", "serve", "--port", str(port)]
         log = tmp_path / "server.log"
         with log.open("w") as err, subprocess.Popen(command, cwd=ROOT, stderr=err, env=env) as p:
             try:
@@ -204,7 +204,7 @@ def test_serve_refuses_clearly(served, tmp_path):
         (["--artifacts", str(tmp_path), "--port", str(served.port)], "could not listen on"),
     ]:
         run = subprocess.run(
-            [sys.executable, "-m", "server.cli", "serve", *args],
+            [sys.executable, "-m", "ledserve", "serve", *args],
             cwd=ROOT, capture_output=True, text=True, timeout=120,
         )  # fmt: skip
         assert run.returncode == 2 and message in run.stderr and "traceback" not in run.stderr

@@ -18,12 +18,12 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from transformers import LEDForConditionalGeneration
 
-from engine.engine import EngineConfig
-from export.tiny import corpus
-from proto.ledserve.v1 import ledserve_pb2 as pb
-from proto.ledserve.v1 import ledserve_pb2_grpc
-from server.app import BackgroundServer, ServerConfig
-from server.client import Client
+from ledserve.demo.tiny import corpus
+from ledserve.engine.engine import EngineConfig
+from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
+from ledserve.proto.ledserve.v1 import ledserve_pb2_grpc
+from ledserve.server.app import BackgroundServer, ServerConfig
+from ledserve.server.client import Client
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 

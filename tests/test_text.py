@@ -4,11 +4,11 @@ detokenization (never a broken UTF-8 character), streaming equal to the whole an
 import pytest
 from transformers import AutoTokenizer
 
-from engine.detokenize import Detokenizer
-from engine.engine import Engine
-from engine.errors import InvalidRequest
-from engine.prompt import PromptBuilder
-from export.tiny import corpus
+from ledserve.demo.tiny import corpus
+from ledserve.engine.detokenize import Detokenizer
+from ledserve.engine.engine import Engine
+from ledserve.engine.errors import InvalidRequest
+from ledserve.engine.prompt import PromptBuilder
 
 
 @pytest.fixture(scope="module")

@@ -1,8 +1,8 @@
-"""Train the embedded demo model: a small LED on export/synthetic.py's long-context QA, with a
+"""Train the embedded demo model: a small LED on demo/synthetic.py's long-context QA, with a
 byte-level BPE tokenizer trained on the same generator. Plain PyTorch loop, on the CPU unless
 `--device` names another torch device (the shipped model was trained on a 2-core CPU).
 
-    python -m export.train --output DIR [--steps N] [--minutes M] [--seed S] [--device cuda]
+    python -m ledserve.demo.train --output DIR [--steps N] [--minutes M] [--seed S] [--device cuda]
 
 Writes a `from_pretrained` folder (model.safetensors, config, generation config, tokenizer) and
 training.json: the learning curve (train loss, dev exact match) and the held-out exact match.
@@ -25,10 +25,10 @@ import transformers
 from tokenizers import ByteLevelBPETokenizer
 from transformers import GenerationConfig, LEDConfig, LEDForConditionalGeneration, LEDTokenizerFast
 
-from export.graphs import EncoderGraph
-from export.manifest import INPUT_TEMPLATE
-from export.synthetic import LENGTHS, Example, examples
-from export.tiny import SPECIAL_TOKENS
+from ledserve.demo.synthetic import LENGTHS, Example, examples
+from ledserve.demo.tiny import SPECIAL_TOKENS
+from ledserve.export.graphs import EncoderGraph
+from ledserve.manifest import INPUT_TEMPLATE
 
 # Whether a run learns to bind a value to its person (the loss falls from ~0.33 to ~0.2 per token
 # in the 100-300-token phase) depends on the initialisation and the documents drawn: with 8 heads
@@ -310,7 +310,7 @@ def train(cfg: TrainConfig) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m export.train", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m ledserve.demo.train", description=__doc__)
     parser.add_argument("--output", type=Path, required=True)
     defaults = TrainConfig(output=Path())
     for name in ("steps", "batch_tokens", "eval_every", "seed", "held_out_examples"):

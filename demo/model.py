@@ -1,17 +1,17 @@
-"""The embedded default model: a small LED trained by export/train.py on export/synthetic.py's
-long-context QA, shipped in export/demo_model/, exported on first use; and the demo's question."""
+"""The embedded default model: a small LED trained by demo/train.py on demo/synthetic.py's
+long-context QA, shipped in demo/checkpoint/, exported on first use; and the demo's question."""
 
 import hashlib
 import os
 import sys
 from pathlib import Path
 
-from export.cli import summary
-from export.convert import ExportConfig, export_model
-from export.manifest import MANIFEST
-from export.synthetic import Example, approximate_tokens, examples
+from ledserve.demo.synthetic import Example, approximate_tokens, examples
+from ledserve.export.cli import summary
+from ledserve.export.convert import ExportConfig, export_model
+from ledserve.manifest import MANIFEST
 
-DEMO_MODEL = Path(__file__).parent / "demo_model"
+DEMO_MODEL = Path(__file__).parent / "checkpoint"
 DEMO_SEED = 2026
 
 

@@ -1,0 +1,5 @@
+import sys
+
+from ledserve.cli import main
+
+sys.exit(main())

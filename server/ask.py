@@ -1,0 +1,105 @@
+"""`ledserve ask`: the client command. Streams an answer from a running server to stdout, its
+summary to stderr. Imports only grpcio and protobuf (never torch or onnxruntime), so it starts
+quickly on any machine."""
+
+import argparse
+import sys
+from pathlib import Path
+
+_EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
+
+
+def _numeric_parameters() -> list[tuple[str, type]]:
+    """The numeric generation flags, read from the proto: (parameter name, int or float)."""
+    from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
+
+    fields = pb.GenerationParameters.DESCRIPTOR.fields
+    return [
+        (f.name, float if f.type == f.TYPE_DOUBLE else int)
+        for f in fields
+        if f.type != f.TYPE_BOOL and f.enum_type is None
+    ]
+
+
+def add_arguments(parser: argparse.ArgumentParser):
+    parser.add_argument("--server", default="127.0.0.1:50051", help="HOST:PORT")
+    parser.add_argument("--question", required=True)
+    parser.add_argument("--context", action="append", default=[], help="a passage (repeatable)")
+    parser.add_argument(
+        "--context-file",
+        action="append",
+        default=[],
+        type=Path,
+        help="a .txt, .md or .pdf passage (repeatable)",
+    )
+    parser.add_argument(
+        "--truncation",
+        choices=("context", "reject"),
+        default="context",
+        help="an over-long input: cut the context's end, or refuse it",
+    )
+    parser.add_argument("--timeout", type=float, help="deadline in seconds")
+    parser.add_argument("--request-id", default="")
+    for name, kind in _numeric_parameters():
+        parser.add_argument("--" + name.replace("_", "-"), type=kind)
+    parser.add_argument("--early-stopping", choices=sorted(_EARLY_STOPPING))
+    parser.add_argument("--do-sample", action="store_true", default=None)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Stream the answer to stdout as it is generated; the summary goes to stderr."""
+    from ledserve.server.client import Client
+    from ledserve.server.documents import read_document
+
+    if not args.context and not args.context_file:
+        print("error: give --context TEXT or --context-file FILE", file=sys.stderr)
+        return 2
+    try:
+        passages = args.context + [read_document(f) for f in args.context_file]
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    parameters = {name: getattr(args, name) for name, _ in _numeric_parameters()}
+    parameters["do_sample"] = args.do_sample
+    if args.early_stopping:
+        parameters["early_stopping"] = _EARLY_STOPPING[args.early_stopping]
+    with Client(args.server) as client:
+        text = print_answer(
+            client,
+            args.question,
+            passages,
+            request_id=args.request_id,
+            truncation=args.truncation,
+            timeout=args.timeout,
+            **parameters,
+        )
+    return 0 if text is not None else 1
+
+
+def print_answer(client, question: str, passages: list[str], **kwargs) -> str | None:
+    """Print the answer's text as it streams, then its summary on stderr; the answer's text, or
+    None when the server refused or failed the request."""
+    import grpc
+
+    from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
+
+    text = ""
+    try:
+        for chunk in client.stream(question, passages, **kwargs):
+            print(chunk.text, end="", flush=True)
+            text += chunk.text
+            summary = chunk.summary
+    except grpc.RpcError as e:
+        print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
+        return None
+    print()
+    usage, t = summary.usage, summary.timings
+    truncated = usage.truncated_context_tokens
+    print(
+        f"[{pb.FinishReason.Name(summary.finish_reason).lower()}: {usage.generated_tokens} "
+        f"tokens from {usage.input_tokens} input tokens"
+        + (f" ({truncated} context tokens cut to fit the model)" if truncated else "")
+        + f"; first token {t.first_token_seconds:.3f} s, total {t.total_seconds:.3f} s]",
+        file=sys.stderr,
+    )
+    return text
