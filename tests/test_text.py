@@ -16,14 +16,42 @@ def engine(exported):
     return Engine.from_artifacts(exported["fp32"], device="cpu")
 
 
-@pytest.mark.parametrize("text", ["東京 データ 🙂 café naïve über", "the river 🙂🙂 データ value."])
-def test_detokenizer_deltas_join_to_the_full_decode(exported, text):
-    tokenizer = AutoTokenizer.from_pretrained(str(exported["fp32"]))
+@pytest.mark.parametrize("cleanup", [False, True])
+@pytest.mark.parametrize(
+    "text",
+    ["東京 データ 🙂 café naïve über", "the river 🙂🙂 データ value.", "a , b . Do n't 's !"],
+)
+def test_detokenizer_deltas_join_to_the_full_decode(exported, text, cleanup):
+    tokenizer = AutoTokenizer.from_pretrained(
+        str(exported["fp32"]), clean_up_tokenization_spaces=cleanup
+    )
     ids = tokenizer(text)["input_ids"]
-    detokenizer = Detokenizer(tokenizer)
-    deltas = [detokenizer.add([t]) for t in ids] + [detokenizer.flush()]
-    assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True) == text
-    assert not any("\ufffd" in d for d in deltas)
+    for step in (1, 2, 3):  # tokens arrive one, two, three at a time
+        detokenizer = Detokenizer(tokenizer)
+        deltas = [detokenizer.add(ids[i : i + step]) for i in range(0, len(ids), step)]
+        deltas.append(detokenizer.flush())
+        assert "".join(deltas) == tokenizer.decode(ids, skip_special_tokens=True)
+        assert not any("\ufffd" in d for d in deltas)
+    assert cleanup or tokenizer.decode(ids, skip_special_tokens=True) == text
+
+
+def test_detokenizer_decodes_only_a_window_per_call(exported):
+    """O(new tokens) per call: the tokens decoded over a 600-token answer stay a small multiple
+    of 600, never the ~180,000 a re-decode of the whole answer at every token costs."""
+    tokenizer = AutoTokenizer.from_pretrained(str(exported["fp32"]))
+    ids = tokenizer(" ".join(corpus(40, seed=5)))["input_ids"][:600]
+    assert len(ids) == 600
+    decoded = []
+
+    class Counting:
+        def decode(self, tokens, **kwargs):
+            decoded.append(len(tokens))
+            return tokenizer.decode(tokens, **kwargs)
+
+    detokenizer = Detokenizer(Counting())
+    text = "".join(detokenizer.add([t]) for t in ids) + detokenizer.flush()
+    assert text == tokenizer.decode(ids, skip_special_tokens=True)
+    assert sum(decoded) < 8 * len(ids)
 
 
 def test_question_template_and_global_attention(engine):
