@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ledserve.benchmarks import floors, machine, measure
+from ledserve.benchmarks import floors, machine, measure, overlap
 from ledserve.benchmarks.report import markdown, plots
 from ledserve.manifest import MANIFEST, Manifest
 
@@ -21,9 +21,10 @@ FULL = dict(
     serve_length=1024,
     per_client=2,
     profile_length=2048,
+    overlap_length=4096,
 )
 QUICK = dict(lengths=[512, 1024], new_tokens=8, repeats=2, concurrency=[1, 4, 8],
-             serve_length=256, per_client=1, profile_length=512)  # fmt: skip
+             serve_length=256, per_client=1, profile_length=512, overlap_length=512)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -54,6 +55,10 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--serve-length", type=int)
     parser.add_argument("--serve-beams", default="1", help="beam sizes of the concurrency sweep")
     parser.add_argument("--skip-server", action="store_true")
+    parser.add_argument("--overlap-length", type=int,
+                        help="tokens of each of the 8 inputs encoded beside a stream")  # fmt: skip
+    parser.add_argument("--skip-overlap", action="store_true",
+                        help="skip the stream-while-encoding scenario")  # fmt: skip
     parser.add_argument("--from-json", type=Path, help="only re-render the tables and plots of an "
                         "earlier results.json into --out")  # fmt: skip
 
@@ -86,7 +91,7 @@ def prepare(args) -> tuple[str, dict[str, Path]]:
 
 def run(args) -> dict:
     sizes = {**(QUICK if args.quick else FULL)}
-    for key in ("lengths", "concurrency", "new_tokens", "repeats", "serve_length"):
+    for key in FULL.keys() - {"per_client", "profile_length"}:  # those the flags can override
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)
     if sizes["new_tokens"] < 2:
@@ -154,6 +159,13 @@ def run(args) -> dict:
                 folders[args.dtypes[0]], args.device, vocab, sizes["serve_length"], n, beams,
                 sizes["concurrency"], sizes["per_client"],
             )  # fmt: skip
+    if not args.skip_overlap:
+        length = min(sizes["overlap_length"], model["max_encoder_positions"])
+        _say(f"a greedy stream while 8 inputs of {length} tokens are encoded")
+        runs = [overlap.measure(folders[args.dtypes[0]], args.device, length)
+                for _ in range(sizes["repeats"])]  # fmt: skip
+        results["overlap"] = sorted(runs, key=lambda o: o["kept"])[len(runs) // 2]  # the median
+        results["overlap"]["kept_all_runs"] = [o["kept"] for o in runs]
     return results
 
 

@@ -1,7 +1,8 @@
 """The Engine: owns the sessions and the scheduler, and runs the decode loop.
 
-Every step admits waiting requests (encoding them together), runs the decoder for every live row
-(one call per rows-per-request group size, since the decoder graph groups rows per request),
+Every step admits waiting requests (handing them, batched by length, to the encoder thread of
+engine/encoder.py), takes in the requests whose encoding finished, runs the decoder for every live
+row (one call per rows-per-request group size, since the decoder graph groups rows per request),
 applies each request's own processors and search, emits settled tokens and retires finished or
 cancelled requests. `generate` and `stream` drive the loop themselves when no loop thread runs.
 """
@@ -17,7 +18,8 @@ from torch.nn import functional
 
 from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.detokenize import Detokenizer
-from ledserve.engine.errors import CapacityExceeded, InvalidRequest
+from ledserve.engine.encoder import EncoderWorker
+from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest, failure_of
 from ledserve.engine.kv_cache import KVCache
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
@@ -65,6 +67,7 @@ class Engine:
         self.lock = threading.Lock()
         self._cross_cache: dict = {}
         self._wake = threading.Event()
+        self.encoder = EncoderWorker(self._encode, self._wake)
         self._thread: threading.Thread | None = None
         self.steps = 0  # loop iterations that ran the decoder
         self.decoder_calls = 0  # decoder graph runs (one per rows-per-request group and step)
@@ -130,10 +133,16 @@ class Engine:
         self._wake.set()
 
     # -- the loop -------------------------------------------------------------------------
+    @property
+    def encoding(self) -> list[Request]:
+        """Admitted requests whose encoder batch has not finished."""
+        return self.encoder.in_flight
+
     def step(self) -> bool:
-        """One iteration; returns False when there was nothing to do."""
+        """One iteration; returns False when no decoder ran (nothing to do, or only encoding)."""
         self._retire(cancelled_only=True)
         self._admit()
+        self._collect()
         if not self.running:
             return False
         groups: dict[int, list[Request]] = {}
@@ -144,7 +153,7 @@ class Engine:
                 self._decode(group)
             except Exception as e:  # a failing decoder run stops its group, not the others
                 for r in group:
-                    r.failed = f"{type(e).__name__}: {e}"
+                    r.fail(e)
         # Padded cross K/V copies of groups that did not run this step are dropped.
         live = {tuple(r.id for r in group) for group in groups.values()}
         self._cross_cache = {k: v for k, v in self._cross_cache.items() if k in live}
@@ -153,33 +162,43 @@ class Engine:
         return True
 
     def _admit(self):
-        rows = sum(r.rows for r in self.running)
-        tokens = sum(r.input_ids.size for r in self.running)
+        held = self.running + self.encoding
+        rows = sum(r.rows for r in held)
+        tokens = sum(r.input_ids.size for r in held)
         admitted = []
         with self.lock:
             while self.waiting:
                 request = self.waiting[0]
                 if request.cancelled:
-                    self.waiting.popleft().end("cancelled")
+                    self.waiting.popleft().end(Failure.CANCELLED, "cancelled")
                     continue
                 fits_rows = rows + request.rows <= self.config.max_rows
                 fits_tokens = tokens + request.input_ids.size <= self.config.max_encoder_tokens
-                alone = not self.running and not admitted  # a long input still runs, by itself
+                alone = not held and not admitted  # a long input still runs, by itself
                 if not (fits_rows and (fits_tokens or alone)):
                     break
                 admitted.append(self.waiting.popleft())
                 request.mark("admitted")
                 rows, tokens = rows + request.rows, tokens + request.input_ids.size
         for batch in _by_length(admitted, self.config.max_encoder_batch_tokens):
-            try:
-                self._encode(batch)
-            except Exception as e:  # this batch's requests end; the engine goes on
-                for r in batch:
-                    r.end(f"encoder failed: {type(e).__name__}: {e}")
-                continue
-            self.running += batch
+            self.encoder.submit(batch)
+
+    def _collect(self):
+        """Requests whose encoding finished join the running batch at this step boundary."""
+        for batch, error in self.encoder.collect():
+            for r in batch:
+                if error is not None:  # this batch's requests end; the engine goes on
+                    detail = f"encoder failed: {type(error).__name__}: {error}"
+                    r.end(failure_of(error), detail)
+                elif r.cancelled:
+                    r.end(Failure.CANCELLED, "cancelled")
+                else:
+                    self.running.append(r)
+                    continue
+                r.cache = r.cross = None
 
     def _encode(self, requests: list[Request]):
+        """On the encoder thread: each request's cross K/V and empty self-attention cache."""
         length = max(r.input_ids.size for r in requests)
         ids = np.full((len(requests), length), self.defaults["pad_token_id"], np.int64)
         mask = np.zeros_like(ids)
@@ -228,12 +247,12 @@ class Engine:
             rows = np.arange(start, start + r.rows)
             start += r.rows
             if not finite[rows].all():  # a graph overflow must not pass as tokens
-                r.failed = "the decoder produced non-finite logits (fp16 overflow?)"
+                r.fail("the decoder produced non-finite logits (fp16 overflow?)")
                 continue
             try:
                 reorder = r.search.step(logits[rows[0] : rows[-1] + 1])
             except Exception as e:  # this request only; the group's others go on
-                r.failed = f"{type(e).__name__}: {e}"
+                r.fail(e)
                 continue
             r.cache = present.select(rows[reorder])
             if not r.search.done:
@@ -243,7 +262,7 @@ class Engine:
         keep = []
         for r in self.running:
             if r.cancelled or r.failed:
-                r.end(r.failed or "cancelled")
+                r.end(*(r.failed or (Failure.CANCELLED, "cancelled")))
             elif r.search.done and not cancelled_only:
                 r.finish()
             else:
@@ -264,6 +283,7 @@ class Engine:
         if thread is not None:
             self._wake.set()
             thread.join()
+        self.encoder.stop()
 
     def _loop(self):
         while self._thread is not None:
@@ -271,17 +291,22 @@ class Engine:
                 busy = self.step()
             except Exception as e:  # a bug must not leave requests waiting forever
                 for r in self.running:
-                    r.end(f"engine step failed: {type(e).__name__}: {e}")
+                    r.end(Failure.ERROR, f"engine step failed: {type(e).__name__}: {e}")
                 self.running, self._cross_cache = [], {}
                 continue
             if not busy:
-                self._wake.wait(timeout=0.1)
-                self._wake.clear()
+                self.wait()
+
+    def wait(self, timeout: float = 0.1):
+        """Nothing to decode: sleep until a submission or a finished encoding (or `timeout`)."""
+        self._wake.wait(timeout)
+        self._wake.clear()
 
     def next_event(self, request: Request) -> Event:
         """The request's next event, stepping the engine here when no loop thread runs."""
         while self._thread is None and request.events.empty():
-            self.step()
+            if not self.step():
+                self.wait()
         return request.events.get()
 
     def run_until_done(self, requests: list[Request]) -> list[Event]:

@@ -1,5 +1,6 @@
 """One generation request: its inputs, parameters, search state, caches and output events."""
 
+import enum
 import itertools
 import queue
 import time
@@ -9,11 +10,19 @@ import numpy as np
 import torch
 
 from ledserve.engine.beam import BeamSearch
+from ledserve.engine.errors import Failure, failure_of
 from ledserve.engine.kv_cache import KVCache
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.search import Search, TokenSearch
 
 _ids = itertools.count()
+
+
+class FinishReason(enum.StrEnum):
+    STOP = "stop"
+    """The sequence ended with EOS."""
+    LENGTH = "length"
+    """max_new_tokens (or the model's decoder length) was reached."""
 
 
 @dataclass
@@ -24,8 +33,9 @@ class Event:
     tokens: list[int]  # newly decided tokens (of the first returned sequence)
     finished: bool = False
     results: list[list[int]] | None = None  # on the final event: every returned sequence
-    error: str | None = None
-    finish_reasons: list[str] | None = None  # per result: "stop" (EOS) or "length"
+    error: str | None = None  # why it ended without an answer: a detail for logs, not clients
+    failure: Failure | None = None  # the kind of that ending, set with `error`
+    finish_reasons: list[FinishReason] | None = None  # per result
     timings: dict[str, float] | None = None  # on the final event: see Request.timings
 
 
@@ -39,7 +49,7 @@ class Request:
     cache: KVCache | None = None  # [rows] self-attention cache of the search's rows
     cross: list[torch.Tensor] | None = None  # per layer key, value: [1, heads, seq, head_dim]
     cancelled: bool = False
-    failed: str | None = None  # why the engine stopped it, if it failed
+    failed: tuple[Failure, str] | None = None  # why the engine stopped it, if it failed
     emitted: int = 0  # tokens already streamed (start token excluded)
     events: queue.Queue = field(default_factory=queue.Queue)  # anything with put(Event)
     # time.perf_counter() at submit, admission, end of encoding, first streamed token, end
@@ -63,10 +73,19 @@ class Request:
             "total": since.get("finished", 0.0),
         }
 
-    def end(self, error: str):
+    def fail(self, error: BaseException | str, failure: Failure | None = None):
+        """Stop at the next step boundary with this error (an exception is classified)."""
+        if isinstance(error, BaseException):
+            failure = failure or failure_of(error)
+            error = f"{type(error).__name__}: {error}"
+        self.failed = (failure or Failure.ERROR, error)
+
+    def end(self, failure: Failure, error: str):
         """The final event of a request that did not finish: cancelled or failed."""
         self.mark("finished")
-        self.events.put(Event(self.id, [], finished=True, error=error, timings=self.timings()))
+        self.events.put(
+            Event(self.id, [], True, error=error, failure=failure, timings=self.timings())
+        )
 
     @property
     def rows(self) -> int:
@@ -103,7 +122,10 @@ class Request:
         results = self.search.results()
         tail = [int(t) for t in results[0][1 + self.emitted :]]
         eos = set(self.params.eos_token_id)
-        reasons = ["stop" if len(r) > 1 and r[-1] in eos else "length" for r in results]
+        reasons = [
+            FinishReason.STOP if len(r) > 1 and r[-1] in eos else FinishReason.LENGTH
+            for r in results
+        ]
         if tail:
             self.mark("first_token")
         self.mark("finished")

@@ -75,7 +75,9 @@ class Runtime:
 
     def _run(self, session, binding):
         if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)  # inputs written by torch on its own stream
+            # Inputs written by torch on this thread's stream; not a device-wide synchronize,
+            # which would also wait for the encoder thread's runs.
+            torch.cuda.current_stream(self.device).synchronize()
         session.run_with_iobinding(binding)
         binding.synchronize_outputs()
 

@@ -61,6 +61,11 @@ class _EngineCollector:
             "ledserve_running_requests", "Requests in the decode batch", value=len(running)
         )
         yield GaugeMetricFamily(
+            "ledserve_encoding_requests",
+            "Admitted requests whose input the encoder thread is encoding",
+            value=len(engine.encoding),
+        )
+        yield GaugeMetricFamily(
             "ledserve_batch_rows",
             "Decoder rows (beams included) in the batch",
             value=sum(r.rows for r in running),

@@ -10,7 +10,7 @@ import uuid
 import grpc
 
 from ledserve.engine.detokenize import Detokenizer
-from ledserve.engine.errors import CapacityExceeded, InvalidRequest
+from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest
 from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 from ledserve.proto.ledserve.v1 import ledserve_pb2_grpc
 from ledserve.server import convert
@@ -23,7 +23,11 @@ class NotReady(Exception):
 
 
 class RequestFailed(Exception):
-    """The engine ended the request with an error (e.g. non-finite logits)."""
+    """The engine ended the request without an answer: its kind, and a detail for the log."""
+
+    def __init__(self, failure: Failure, detail: str):
+        super().__init__(detail)
+        self.failure = failure
 
 
 def _status(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
@@ -34,8 +38,13 @@ def _status(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{error}; retry later"
     if isinstance(error, NotReady):
         return grpc.StatusCode.UNAVAILABLE, str(error)
-    if isinstance(error, RequestFailed):
-        return grpc.StatusCode.INTERNAL, f"request {request_id} failed: {error}"
+    if isinstance(error, RequestFailed) and error.failure is Failure.OUT_OF_MEMORY:
+        return grpc.StatusCode.RESOURCE_EXHAUSTED, (
+            f"request {request_id} ran out of memory on the server; retry later or send a "
+            "shorter input"
+        )
+    if isinstance(error, RequestFailed) and error.failure is Failure.CANCELLED:
+        return grpc.StatusCode.CANCELLED, f"request {request_id} was cancelled by the server"
     return grpc.StatusCode.INTERNAL, f"internal error in request {request_id}; see the server log"
 
 
@@ -123,7 +132,7 @@ class LedServeService(ledserve_pb2_grpc.LedServeServicer):
             while True:
                 event = await sink.queue.get()
                 if event.error:
-                    raise RequestFailed(event.error)
+                    raise RequestFailed(event.failure, event.error)
                 text = detokenizer.add(event.tokens) if event.tokens else ""
                 if event.finished:
                     offset = submitted.times["submitted"] - arrival
@@ -167,11 +176,12 @@ class LedServeService(ledserve_pb2_grpc.LedServeServicer):
     async def _abort(self, method: str, request_id: str, error: Exception, context):
         code, message = _status(error, request_id)
         self.metrics.requests.labels(method, code.name).inc()
-        internal = code == grpc.StatusCode.INTERNAL and not isinstance(error, RequestFailed)
+        internal = code == grpc.StatusCode.INTERNAL
         log(
             "request.error",
             logging.ERROR if internal else logging.WARNING,
-            exc_info=error if internal else None,
+            # An engine failure's traceback stays in the engine; its detail is the message.
+            exc_info=error if internal and not isinstance(error, RequestFailed) else None,
             request_id=request_id,
             method=method,
             code=code.name,

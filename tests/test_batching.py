@@ -1,11 +1,16 @@
 """Iteration-level batching: requests joining and leaving mid-flight, cancellation, limits,
 shared cross-attention memory, sampling seeds, the loop thread, and fp16 against fp32."""
 
+import gc
+import threading
+import time
+import weakref
+
 import numpy as np
 import pytest
 
 from ledserve.engine.engine import Engine
-from ledserve.engine.errors import CapacityExceeded, InvalidRequest
+from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest, failure_of
 
 MIXED = [  # rows per request 2, 1, 2, 4, 1: the G = 1 and G = 2 groups share decoder runs
     dict(max_new_tokens=12, min_new_tokens=6, num_beams=2, no_repeat_ngram_size=2),
@@ -21,6 +26,12 @@ MIXED = [  # rows per request 2, 1, 2, 4, 1: the G = 1 and G = 2 groups share de
     dict(max_new_tokens=10, num_beams=4, length_penalty=2.0, early_stopping=True),
     dict(max_new_tokens=7, min_new_tokens=4, repetition_penalty=1.4),
 ]
+
+
+def decode_step(engine):
+    """Step until a decoder step ran (admitted requests are encoded on the encoder thread)."""
+    while not engine.step():
+        engine.wait()
 
 
 def random_inputs(rng, vocab, count):
@@ -41,7 +52,7 @@ def test_requests_joining_midflight_match_alone(exported, checkpoint, rng):
     requests = []
     for ids, glob, params in zip(rows, globals_, MIXED, strict=True):
         requests.append(engine.submit(ids, glob, **params))
-        engine.step()  # the next request joins a running batch, one step later
+        decode_step(engine)  # the next request joins a running batch, a step or more later
     finals = engine.run_until_done(requests)
     assert [f.results for f in finals] == alone
     # The requests shared decoder runs: fewer runs than they needed one at a time.
@@ -55,7 +66,7 @@ def test_beam_request_holds_one_copy_of_cross_attention(exported, checkpoint, rn
     ids = list(rng.integers(5, model.config.vocab_size, 50))
     greedy = engine.submit(ids, max_new_tokens=5, min_new_tokens=5)
     beam = engine.submit(ids, max_new_tokens=5, min_new_tokens=5, num_beams=4)
-    engine.step()
+    decode_step(engine)
     cross_bytes = [sum(t.nbytes for t in r.cross) for r in (greedy, beam)]
     assert cross_bytes[0] == cross_bytes[1] > 0
     assert all(a.shape[0] == 1 for a in beam.cross)  # one row of cross K/V for four beams
@@ -67,7 +78,7 @@ def test_cancel_frees_the_slot(exported, checkpoint, rng):
     engine = Engine.from_artifacts(exported["fp32"], device="cpu")
     ids = list(rng.integers(5, model.config.vocab_size, 20))
     request = engine.submit(ids, max_new_tokens=40, num_beams=2)
-    engine.step()
+    decode_step(engine)
     engine.cancel(request)
     engine.step()
     assert engine.running == []
@@ -75,6 +86,7 @@ def test_cancel_frees_the_slot(exported, checkpoint, rng):
     while not request.events.empty():
         events.append(request.events.get())
     assert events[-1].finished and events[-1].error == "cancelled"
+    assert events[-1].failure is Failure.CANCELLED
 
 
 def test_limits_and_bad_inputs(exported):
@@ -180,6 +192,7 @@ def test_a_failing_request_does_not_stop_the_others(exported, checkpoint, rng, m
     monkeypatch.setattr(same_group.search, "step", lambda logits: 1 / 0)
     good_final, bad_final, _ = engine.run_until_done([good, bad, same_group])
     assert bad_final.error == "ZeroDivisionError: division by zero"
+    assert bad_final.failure is Failure.ERROR
     assert good_final.results == want
 
 
@@ -201,6 +214,7 @@ def test_a_failing_encoder_batch_ends_only_its_requests(exported, checkpoint, rn
     good = engine.submit(long, max_new_tokens=5, min_new_tokens=5)
     bad_final, good_final = engine.run_until_done([bad, good])
     assert bad_final.error == "encoder failed: RuntimeError: out of memory"
+    assert bad_final.failure is Failure.OUT_OF_MEMORY
     assert good_final.results == want and good_final.finish_reasons == ["length"]
     assert bad_final.timings["total"] >= bad_final.timings["queue"] >= 0
 
@@ -238,10 +252,71 @@ def test_grouped_requests_hold_their_cross_attention_once(exported, checkpoint, 
     engine = Engine.from_artifacts(exported["fp32"], device="cpu")
     a = engine.submit(list(rng.integers(5, model.config.vocab_size, 30)), min_new_tokens=3)
     b = engine.submit(list(rng.integers(5, model.config.vocab_size, 50)), min_new_tokens=3)
-    engine.step()
+    engine.step()  # admits both: two encoder batches (their lengths differ by more than 1.25x)
+    while not all("encoded" in r.times for r in (a, b)):
+        engine.wait()
+    decode_step(engine)  # both join the batch at this step boundary
     ((mask, cross),) = engine._cross_cache.values()
     assert mask.shape == (2, 50)
     for request in (a, b):
         for own, shared in zip(request.cross, cross, strict=True):
             assert own.untyped_storage().data_ptr() == shared.untyped_storage().data_ptr()
             assert own.shape[2] == request.input_ids.size
+
+
+def test_running_requests_go_on_while_an_input_is_encoded(exported, checkpoint, rng, monkeypatch):
+    """The encoder runs on its own thread: a request admitted later does not stop the tokens of a
+    running one, however long its encoding takes (here: until the running one has finished)."""
+    _, model = checkpoint
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    ids = list(rng.integers(5, model.config.vocab_size, 20))
+    late_ids = list(rng.integers(5, model.config.vocab_size, 70))
+    want = engine.generate([ids], max_new_tokens=8, min_new_tokens=8)
+    release, encode = threading.Event(), engine.runtime.encode
+
+    def slow_for_the_late_one(input_ids, mask, glob):
+        if input_ids.shape[1] == len(late_ids):
+            assert release.wait(timeout=120)
+        return encode(input_ids, mask, glob)
+
+    monkeypatch.setattr(engine.runtime, "encode", slow_for_the_late_one)
+    running = engine.submit(ids, max_new_tokens=8, min_new_tokens=8)
+    decode_step(engine)
+    late = engine.submit(late_ids, max_new_tokens=3)
+    (final,) = engine.run_until_done([running])
+    assert final.results == want  # all 8 tokens, while the late input was still encoding
+    assert late in engine.encoding and "encoded" not in late.times
+    release.set()
+    (late_final,) = engine.run_until_done([late])
+    assert late_final.error is None and len(late_final.results[0]) > 1
+
+
+def test_an_engine_nobody_holds_is_freed(exported, checkpoint, rng):
+    """The encoder thread ends when idle, so it does not keep an unused engine (and its ONNX
+    Runtime sessions) alive."""
+    _, model = checkpoint
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    engine.generate([list(rng.integers(5, model.config.vocab_size, 12))], max_new_tokens=2)
+    gone = weakref.ref(engine)
+    del engine
+    deadline = time.monotonic() + 10
+    while gone() is not None:
+        assert time.monotonic() < deadline, "the engine is still referenced"
+        time.sleep(0.1)
+        gc.collect()
+
+
+OUT_OF_MEMORY = [
+    MemoryError(),
+    RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+    RuntimeError("DefaultCPUAllocator: can't allocate memory: you tried to allocate 123 bytes"),
+    RuntimeError("[ONNXRuntimeError] : 6 : Failed to allocate memory for requested buffer"),
+    RuntimeError("std::bad_alloc"),
+]
+OTHER = [ZeroDivisionError("division by zero"), ValueError("a non-contiguous tensor")]
+
+
+@pytest.mark.parametrize("error", OUT_OF_MEMORY + OTHER, ids=repr)
+def test_failures_are_classified(error):
+    want = Failure.OUT_OF_MEMORY if error in OUT_OF_MEMORY else Failure.ERROR
+    assert failure_of(error) is want

@@ -12,7 +12,8 @@ def test_quick_benchmark_writes_results(tmp_path):
     out = tmp_path / "out"
     args = ["bench", "--quick", "--checkpoint", str(tmp_path / "checkpoint"), "--workdir",
             str(tmp_path / "work"), "--out", str(out), "--lengths", "96,192",
-            "--concurrency", "1,2", "--repeats", "1", "--serve-length", "64"]  # fmt: skip
+            "--concurrency", "1,2", "--repeats", "1", "--serve-length", "64",
+            "--overlap-length", "192"]  # fmt: skip
     assert ledserve(args) == 0
     results = json.loads((out / "results.json").read_text())
     assert results["identical_tokens"] == {"beams1": True, "beams4": True}
@@ -27,7 +28,10 @@ def test_quick_benchmark_writes_results(tmp_path):
     assert [s["concurrency"] for s in serving] == [1, 2]
     assert all(s["tokens"] == 8 * s["requests"] for s in serving)
     assert results["decode_profile"]["steps"] >= 8 and results["decode_profile"]["ops_ms_per_step"]
+    overlap = results["overlap"]
+    assert overlap["load"] == {"inputs": 8, "tokens": 192} and overlap["tokens_per_s_alone"] > 0
+    assert len(overlap["kept_all_runs"]) == 1
     table = (out / "results.md").read_text()
-    assert "Encoder pass" in table and "Targets" in table
+    assert "Encoder pass" in table and "Targets" in table and "while encoding" in table
     assert (out / "latency_vs_length.png").stat().st_size > 0
     assert (out / "throughput_vs_concurrency.png").stat().st_size > 0

@@ -56,7 +56,7 @@ def _document(rng_seed: int, lines: int) -> str:
 
 def _wait_idle(engine, timeout: float = 10):
     deadline = time.monotonic() + timeout
-    while engine.running or engine.waiting:
+    while engine.running or engine.waiting or engine.encoding:
         assert time.monotonic() < deadline, "the engine still holds requests"
         time.sleep(0.01)
 
@@ -354,3 +354,39 @@ def test_a_failing_request_leaves_the_others_alone(served, client, slow_decode, 
         r"internal error in request \w+; see the server log", failed.value.details()
     )
     assert list(other)[-1].summary.usage.generated_tokens == 30
+
+
+@pytest.mark.parametrize(
+    "raised, code, says",
+    [
+        (
+            "[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : Failed to allocate memory for "
+            "requested buffer of size 123456",
+            grpc.StatusCode.RESOURCE_EXHAUSTED,
+            r"request \w+ ran out of memory on the server; retry later or send a shorter input",
+        ),
+        (
+            "a secret detail",
+            grpc.StatusCode.INTERNAL,
+            r"internal error in request \w+; see the server log",
+        ),
+    ],
+)
+def test_engine_failures_map_to_their_status_without_the_detail(
+    served, client, monkeypatch, raised, code, says
+):
+    """An encoder run that fails for lack of memory is RESOURCE_EXHAUSTED, any other failure
+    INTERNAL; the exception's text reaches the log, never the client."""
+    encode = served.engine.runtime.encode
+
+    def failing_long_inputs(ids, mask, glob):
+        if ids.shape[1] > 150:
+            raise RuntimeError(raised)
+        return encode(ids, mask, glob)
+
+    monkeypatch.setattr(served.engine.runtime, "encode", failing_long_inputs)
+    with pytest.raises(grpc.RpcError) as failed:
+        client.generate("q?", _document(11, 60), max_new_tokens=2)
+    assert failed.value.code() == code
+    assert re.fullmatch(says, failed.value.details())
+    assert client.generate("q?", "c.", max_new_tokens=2).summary.usage.generated_tokens
