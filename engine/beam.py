@@ -14,8 +14,8 @@ MASK = np.float32(-1.0e9)
 
 
 class BeamSearch(Search):
-    def __init__(self, params: GenerationParams):
-        super().__init__(params, params.num_beams)
+    def __init__(self, params: GenerationParams, diagnostics: bool = False):
+        super().__init__(params, params.num_beams, diagnostics)
         beams = params.num_beams
         self.keep = max(2, 1 + len(params.eos_token_id)) * beams  # candidates per step
         self.running_scores = np.full(beams, MASK, np.float32)
@@ -45,7 +45,8 @@ class BeamSearch(Search):
             top_scores = accumulated[top]
         else:
             top_scores, top = torch.topk(accumulated, self.keep)  # as transformers, ties too
-        self._note_margin(torch.topk(accumulated, self.keep + 1).values.cpu().numpy())
+        if self.diagnostics:
+            self._note_margin(torch.topk(accumulated, self.keep + 1).values.cpu().numpy())
         top, top_scores = top.cpu().numpy(), top_scores.cpu().numpy()
         top_beams, top_tokens = top // vocab, top % vocab
         candidates = np.concatenate([self.sequences[top_beams], top_tokens[:, None]], axis=1)
@@ -70,7 +71,8 @@ class BeamSearch(Search):
         merged_sequences = self.finished_sequences + [list(c) for c in candidates]
         merged_finished = np.concatenate([self.is_finished, just_finished])
         best = _topk(merged_scores, beams)
-        self._note_margin(np.sort(merged_scores)[::-1][: beams + 1])
+        if self.diagnostics:
+            self._note_margin(np.sort(merged_scores)[::-1][: beams + 1])
         self.finished_scores = merged_scores[best]
         self.finished_sequences = [merged_sequences[i] for i in best]
         self.is_finished = merged_finished[best]

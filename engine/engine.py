@@ -14,13 +14,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from torch.nn import functional
 
 from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.encoder import EncoderWorker
 from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest, failure_of
-from ledserve.engine.kv_cache import KVCache
+from ledserve.engine.group import DecodeGroup
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
@@ -41,6 +40,9 @@ class EngineConfig:
     max_encoder_batch_tokens: int = 8192
     """Padded input tokens in one encoder run (bounds the encoder's activation memory, ~0.1 MB
     per token and layer for LED-base's attention scores); a longer single input runs alone."""
+    diagnostics: bool = False
+    """Each request's search records its smallest decision margin (`request.search.margin`), at
+    one more top-k and device->host copy per request and step: for tests, off when serving."""
 
     def __post_init__(self):
         for name in (
@@ -65,7 +67,7 @@ class Engine:
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.lock = threading.Lock()
-        self._cross_cache: dict = {}
+        self._groups: dict[int, DecodeGroup] = {}  # by rows per request
         self._wake = threading.Event()
         self.encoder = EncoderWorker(self._encode, self._wake)
         self._thread: threading.Thread | None = None
@@ -113,7 +115,7 @@ class Engine:
             raise InvalidRequest("global_attention_mask must have the length of input_ids")
         if not np.isin(glob, (0, 1)).all():
             raise InvalidRequest("global_attention_mask values must be 0 or 1")
-        request = Request(ids, glob, self.params(**params))
+        request = Request(ids, glob, self.params(**params), diagnostics=self.config.diagnostics)
         if events is not None:
             request.events = events
         if request.rows > self.config.max_rows:
@@ -144,19 +146,21 @@ class Engine:
         self._admit()
         self._collect()
         if not self.running:
+            self._groups = {}  # their caches and padded cross K/V go with the last request
             return False
-        groups: dict[int, list[Request]] = {}
+        members: dict[int, list[Request]] = {}
         for request in self.running:
-            groups.setdefault(request.rows, []).append(request)
-        for group in groups.values():
+            members.setdefault(request.rows, []).append(request)
+        # A group without members is dropped with its cache and padded cross K/V.
+        self._groups = {g: self._groups.get(g) or DecodeGroup(self.runtime.device) for g in members}
+        for g, group in list(self._groups.items()):
             try:
+                group.update(members[g])
                 self._decode(group)
             except Exception as e:  # a failing decoder run stops its group, not the others
-                for r in group:
+                for r in members[g]:
                     r.fail(e)
-        # Padded cross K/V copies of groups that did not run this step are dropped.
-        live = {tuple(r.id for r in group) for group in groups.values()}
-        self._cross_cache = {k: v for k, v in self._cross_cache.items() if k in live}
+                del self._groups[g]
         self.steps += 1
         self._retire()
         return True
@@ -211,52 +215,29 @@ class Engine:
             request.cache = self.runtime.empty_cache(request.rows)
             request.mark("encoded")
 
-    def _group_cross(self, group: list[Request]):
-        """Cross K/V and encoder mask of a group's requests, padded to the longest, reused while
-        the group does not change (a copy per step would cost as much as the step at 16k). The
-        requests then hold views into the group's tensors, so each request's K/V exist once
-        (twice only while a changed group is rebuilt)."""
-        key = tuple(r.id for r in group)
-        if key not in self._cross_cache:
-            length = max(r.input_ids.size for r in group)
-            mask = torch.zeros((len(group), length), dtype=torch.int64)
-            for row, r in enumerate(group):
-                mask[row, : r.input_ids.size] = 1
-            if len(group) == 1:  # its own tensors (made contiguous once if they were views)
-                cross = group[0].cross = [c.contiguous() for c in group[0].cross]
-            else:
-                cross = [
-                    torch.cat([_pad_sequence(r.cross[i], length) for r in group])
-                    for i in range(len(group[0].cross))
-                ]
-                for row, r in enumerate(group):
-                    r.cross = [c[row : row + 1, :, : r.input_ids.size] for c in cross]
-            self._cross_cache[key] = (mask.to(self.runtime.device), cross)
-        return self._cross_cache[key]
-
-    def _decode(self, group: list[Request]):
-        mask, cross = self._group_cross(group)
-        cache = KVCache.concat([r.cache for r in group])
-        tokens = np.concatenate([r.search.next_tokens for r in group])
-        logits, present = self.runtime.decode(tokens, cache, mask, cross)
+    def _decode(self, group: DecodeGroup):
+        tokens = np.concatenate([r.search.next_tokens for r in group.requests])
+        logits, present = self.runtime.decode(tokens, group.cache, group.mask, group.cross)
         self.decoder_calls += 1
         self.decoder_rows += len(tokens)
         finite = torch.isfinite(logits).all(dim=-1).cpu().numpy()  # [rows] bool
+        reorder = np.arange(len(tokens))  # each row's source row in present
         start = 0
-        for r in group:
+        for r in group.requests:
             rows = np.arange(start, start + r.rows)
             start += r.rows
             if not finite[rows].all():  # a graph overflow must not pass as tokens
                 r.fail("the decoder produced non-finite logits (fp16 overflow?)")
                 continue
             try:
-                reorder = r.search.step(logits[rows[0] : rows[-1] + 1])
+                order = r.search.step(logits[rows[0] : rows[-1] + 1])
             except Exception as e:  # this request only; the group's others go on
                 r.fail(e)
                 continue
-            r.cache = present.select(rows[reorder])
+            reorder[rows] = rows[order]
             if not r.search.done:
                 r.emit_progress()
+        group.advance(present, reorder)
 
     def _retire(self, cancelled_only: bool = False):
         keep = []
@@ -292,7 +273,7 @@ class Engine:
             except Exception as e:  # a bug must not leave requests waiting forever
                 for r in self.running:
                     r.end(Failure.ERROR, f"engine step failed: {type(e).__name__}: {e}")
-                self.running, self._cross_cache = [], {}
+                self.running, self._groups = [], {}
                 continue
             if not busy:
                 self.wait()
@@ -374,11 +355,6 @@ class Engine:
                     return
         finally:
             self.cancel(request)  # a consumer that stops early frees the request's rows
-
-
-def _pad_sequence(tensor: torch.Tensor, length: int) -> torch.Tensor:
-    """[1, heads, seq, head_dim] zero-padded at the end of seq to `length`."""
-    return functional.pad(tensor, (0, 0, 0, length - tensor.shape[2]))
 
 
 def _by_length(

@@ -54,10 +54,11 @@ class Request:
     events: queue.Queue = field(default_factory=queue.Queue)  # anything with put(Event)
     # time.perf_counter() at submit, admission, end of encoding, first streamed token, end
     times: dict[str, float] = field(default_factory=lambda: {"submitted": time.perf_counter()})
+    diagnostics: bool = False  # the search records its decision margins (tests)
 
     def __post_init__(self):
-        beams = self.params.num_beams > 1
-        self.search = BeamSearch(self.params) if beams else TokenSearch(self.params)
+        search = BeamSearch if self.params.num_beams > 1 else TokenSearch
+        self.search = search(self.params, self.diagnostics)
 
     def mark(self, moment: str):
         self.times.setdefault(moment, time.perf_counter())

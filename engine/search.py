@@ -16,8 +16,9 @@ from ledserve.engine.params import GenerationParams
 class Search:
     """Common state: the decoder tokens of every row, the start token included."""
 
-    def __init__(self, params: GenerationParams, rows: int):
+    def __init__(self, params: GenerationParams, rows: int, diagnostics: bool = False):
         self.params = params
+        self.diagnostics = diagnostics  # record `margin` (costs a device->host copy a step)
         self.chain = processors.build(params)
         self.max_length = 1 + params.max_new_tokens
         self.eos = np.array(params.eos_token_id, dtype=np.int64)
@@ -26,8 +27,8 @@ class Search:
         )
         self.sequences = np.full((rows, 1), params.decoder_start_token_id, dtype=np.int64)
         self.done = False
-        # Smallest score gap behind any choice made so far: where it is ~1e-6, another runtime's
-        # rounding (ONNX Runtime vs PyTorch) may choose differently.
+        # With diagnostics, the smallest score gap behind any choice made so far: where it is
+        # ~1e-6, another runtime's rounding (ONNX Runtime vs PyTorch) may choose differently.
         self.margin = np.inf
         self._generator: torch.Generator | None = None  # made on the logits' device at first use
 
@@ -60,9 +61,9 @@ class Search:
 class TokenSearch(Search):
     """Greedy (argmax) or sampling, one independent sequence per row."""
 
-    def __init__(self, params: GenerationParams):
+    def __init__(self, params: GenerationParams, diagnostics: bool = False):
         rows = params.num_return_sequences if params.do_sample else 1
-        super().__init__(params, rows)
+        super().__init__(params, rows, diagnostics)
         self.finished = np.zeros(rows, dtype=bool)
 
     def step(self, logits: torch.Tensor) -> np.ndarray:
@@ -74,9 +75,10 @@ class TokenSearch(Search):
             chosen = torch.multinomial(probs, 1, generator=self.generator(logits.device))[:, 0]
         else:
             chosen = scores.argmax(dim=-1)
-            for row, top in enumerate(torch.topk(scores, 2).values.cpu().numpy()):
-                if not self.finished[row]:
-                    self._note_margin(top)
+            if self.diagnostics:
+                for row, top in enumerate(torch.topk(scores, 2).values.cpu().numpy()):
+                    if not self.finished[row]:
+                        self._note_margin(top)
         chosen = np.where(self.finished, self.pad, chosen.cpu().numpy())  # the token ids cross
         self.sequences = np.concatenate([self.sequences, chosen[:, None]], axis=1)
         self.finished |= np.isin(chosen, self.eos)

@@ -70,7 +70,7 @@ def test_beam_request_holds_one_copy_of_cross_attention(exported, checkpoint, rn
     cross_bytes = [sum(t.nbytes for t in r.cross) for r in (greedy, beam)]
     assert cross_bytes[0] == cross_bytes[1] > 0
     assert all(a.shape[0] == 1 for a in beam.cross)  # one row of cross K/V for four beams
-    assert beam.cache.rows == 4 and greedy.cache.rows == 1
+    assert engine._groups[4].cache.rows == 4 and engine._groups[1].cache.rows == 1
 
 
 def test_cancel_frees_the_slot(exported, checkpoint, rng):
@@ -256,7 +256,8 @@ def test_grouped_requests_hold_their_cross_attention_once(exported, checkpoint, 
     while not all("encoded" in r.times for r in (a, b)):
         engine.wait()
     decode_step(engine)  # both join the batch at this step boundary
-    ((mask, cross),) = engine._cross_cache.values()
+    (group,) = engine._groups.values()
+    mask, cross = group.mask, group.cross
     assert mask.shape == (2, 50)
     for request in (a, b):
         for own, shared in zip(request.cross, cross, strict=True):
@@ -320,3 +321,31 @@ OTHER = [ZeroDivisionError("division by zero"), ValueError("a non-contiguous ten
 def test_failures_are_classified(error):
     want = Failure.OUT_OF_MEMORY if error in OUT_OF_MEMORY else Failure.ERROR
     assert failure_of(error) is want
+
+
+def test_a_greedy_step_keeps_the_decoders_cache_without_a_copy(exported, checkpoint, rng):
+    """The decoder's `present` becomes the group's cache as it is; a request that joins or leaves
+    changes the group's rows, and the tokens stay those of each request alone."""
+    _, model = checkpoint
+    rows = [list(rng.integers(5, model.config.vocab_size, n)) for n in (20, 24, 30)]
+    params = [dict(max_new_tokens=n, min_new_tokens=n) for n in (9, 4, 6)]
+    alone = [Engine.from_artifacts(exported["fp32"], device="cpu").generate([r], **p)
+             for r, p in zip(rows, params, strict=True)]  # fmt: skip
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    presents, decode = [], engine.runtime.decode
+
+    def recording(*args):
+        logits, present = decode(*args)
+        presents.append(present)
+        return logits, present
+
+    engine.runtime.decode = recording
+    requests = [engine.submit(rows[0], **params[0])]
+    decode_step(engine)
+    decode_step(engine)
+    group = engine._groups[1]
+    assert group.cache is presents[-1]  # kept as the decoder returned it
+    requests += [engine.submit(r, **p) for r, p in zip(rows[1:], params[1:], strict=True)]
+    finals = engine.run_until_done(requests)
+    assert [f.results for f in finals] == alone
+    assert not engine.step() and engine._groups == {}  # nothing held once all are done

@@ -8,7 +8,7 @@ from ledserve.engine.engine import Engine
 
 @pytest.fixture(scope="session")
 def engine(exported):
-    return Engine.from_artifacts(exported["fp32"], device="cpu")
+    return Engine.from_artifacts(exported["fp32"], device="cpu", diagnostics=True)
 
 
 def hf_generate(model, rows, globals_, **params):
