@@ -3,6 +3,7 @@ benchmarks never run as tests)."""
 
 import json
 
+from ledserve.benchmarks import loop
 from ledserve.cli import main as ledserve
 from ledserve.demo.tiny import build_random_led
 
@@ -35,3 +36,11 @@ def test_quick_benchmark_writes_results(tmp_path):
     assert "Encoder pass" in table and "Targets" in table and "while encoding" in table
     assert (out / "latency_vs_length.png").stat().st_size > 0
     assert (out / "throughput_vs_concurrency.png").stat().st_size > 0
+
+
+def test_loop_cost_benchmark_runs(exported):
+    """benchmarks/loop.py end to end on a tiny model (its figures are not asserted)."""
+    result = loop.measure(exported["fp32"], rows=4, input_tokens=20, new_tokens=4, steps=3,
+                          repeats=1)  # fmt: skip
+    assert result["rows"] == 4 and result["step_s"] > 0 and result["ort_run_s"] > 0
+    assert result["all_requests_s"] > 0 and result["one_request_s"] > 0

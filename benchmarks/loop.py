@@ -1,0 +1,98 @@
+"""The decode loop's own cost: with `rows` greedy requests decoding together, the engine's step
+time beside the time ONNX Runtime's decoder run takes inside it (the rest is the loop: search,
+processors, cache bookkeeping, binding), and the wall time of `rows` requests against one.
+
+    python -m ledserve.benchmarks.loop --artifacts DIR [--rows 64] [--input-tokens 256]
+
+Driven in this thread (no loop thread); medians of `--steps` steps and of `--repeats` runs.
+"""
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+
+def step_cost(engine, vocab: int, rows: int, input_tokens: int, steps: int) -> dict:
+    """Median step and decoder-run times once `rows` requests are all encoded and decoding."""
+    rng = np.random.default_rng(0)
+    requests = [
+        engine.submit(list(rng.integers(5, vocab, input_tokens)), max_new_tokens=steps + 8,
+                      min_new_tokens=steps + 8)
+        for _ in range(rows)
+    ]  # fmt: skip
+    engine.step()  # admits them all; the encoder thread encodes them
+    while not all("encoded" in r.times for r in requests):
+        time.sleep(0.01)
+    engine.step()  # all join: from here each step decodes `rows` rows
+    runs, run = [], engine.runtime._run
+
+    def timed(session, binding):
+        start = time.perf_counter()
+        run(session, binding)
+        runs.append(time.perf_counter() - start)
+
+    engine.runtime._run, times = timed, []
+    try:
+        for _ in range(steps):
+            start = time.perf_counter()
+            engine.step()
+            times.append(time.perf_counter() - start)
+    finally:
+        del engine.runtime._run
+    for r in requests:
+        engine.cancel(r)
+    engine.run_until_done(requests)
+    step, ort = statistics.median(times), statistics.median(runs)
+    return {"rows": rows, "step_s": step, "ort_run_s": ort, "step_over_run": step / ort}
+
+
+def wall_time(engine, vocab: int, rows: int, input_tokens: int, new_tokens: int) -> float:
+    rng = np.random.default_rng(1)
+    inputs = [list(rng.integers(5, vocab, input_tokens)) for _ in range(rows)]
+    start = time.perf_counter()
+    engine.generate(inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+    return time.perf_counter() - start
+
+
+def measure(artifacts, device="cpu", rows=64, input_tokens=256, new_tokens=32, steps=30,
+            repeats=3) -> dict:  # fmt: skip
+    from ledserve.engine.engine import Engine
+
+    engine = Engine.from_artifacts(artifacts, device=device, verify=False, max_rows=rows)
+    vocab = engine.vocab_size
+    wall_time(engine, vocab, rows, input_tokens, 2)  # warm-up
+    costs = [step_cost(engine, vocab, rows, input_tokens, steps) for _ in range(repeats)]
+    one = [wall_time(engine, vocab, 1, input_tokens, new_tokens) for _ in range(repeats)]
+    many = [wall_time(engine, vocab, rows, input_tokens, new_tokens) for _ in range(repeats)]
+    return {
+        "rows": rows, "input_tokens": input_tokens, "new_tokens": new_tokens,
+        "step_s": statistics.median(c["step_s"] for c in costs),
+        "ort_run_s": statistics.median(c["ort_run_s"] for c in costs),
+        "step_over_run": statistics.median(c["step_over_run"] for c in costs),
+        "one_request_s": statistics.median(one),
+        "all_requests_s": statistics.median(many),
+        "wall_ratio": statistics.median(many) / statistics.median(one),
+    }  # fmt: skip
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ledserve.benchmarks.loop", description=__doc__)
+    parser.add_argument("--artifacts", required=True)
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--rows", type=int, default=64)
+    parser.add_argument("--input-tokens", type=int, default=256)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--steps", type=int, default=30)
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args(argv)
+    result = measure(args.artifacts, args.device, args.rows, args.input_tokens, args.new_tokens,
+                     args.steps, args.repeats)  # fmt: skip
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
