@@ -67,23 +67,39 @@ class TokenSearch(Search):
         self.finished = np.zeros(rows, dtype=bool)
 
     def step(self, logits: torch.Tensor) -> np.ndarray:
-        """logits: [rows, vocab] on the device -> row reorder indices (identity)."""
+        """logits: [rows, vocab] on the device -> row reorder indices (identity). The engine
+        runs the same three parts batched over a decode group (Engine._choose_tokens)."""
+        scores = self.scores(logits)
+        chosen = self.sample(scores) if self.params.do_sample else scores.argmax(dim=-1)
+        self.note_margins(scores)
+        self.advance(chosen.cpu().numpy())  # the token ids cross
+        return np.arange(self.rows)
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """[rows, vocab] logits -> the request's processed scores, float32 on the device."""
+        scores = logits.float()
+        if not self.chain:
+            return scores
         ids = torch.as_tensor(self.sequences, device=logits.device)
-        scores = processors.apply(self.chain, ids, logits.float())
-        if self.params.do_sample:
-            probs = scores.softmax(dim=-1)
-            chosen = torch.multinomial(probs, 1, generator=self.generator(logits.device))[:, 0]
-        else:
-            chosen = scores.argmax(dim=-1)
-            if self.diagnostics:
-                for row, top in enumerate(torch.topk(scores, 2).values.cpu().numpy()):
-                    if not self.finished[row]:
-                        self._note_margin(top)
-        chosen = np.where(self.finished, self.pad, chosen.cpu().numpy())  # the token ids cross
+        return processors.apply(self.chain, ids, scores)
+
+    def sample(self, scores: torch.Tensor) -> torch.Tensor:
+        """[rows] tokens drawn with the request's own generator (do_sample)."""
+        probs = scores.softmax(dim=-1)
+        return torch.multinomial(probs, 1, generator=self.generator(scores.device))[:, 0]
+
+    def note_margins(self, scores: torch.Tensor):
+        if self.diagnostics and not self.params.do_sample:
+            for row, top in enumerate(torch.topk(scores, 2).values.cpu().numpy()):
+                if not self.finished[row]:
+                    self._note_margin(top)
+
+    def advance(self, chosen: np.ndarray):
+        """Append the chosen [rows] token ids (a finished row gets padding)."""
+        chosen = np.where(self.finished, self.pad, chosen)
         self.sequences = np.concatenate([self.sequences, chosen[:, None]], axis=1)
         self.finished |= np.isin(chosen, self.eos)
         self.done = bool(self.finished.all()) or self.sequences.shape[1] >= self.max_length
-        return np.arange(self.rows)
 
     def results(self) -> list[list[int]]:
         """Each row's tokens, start token first, cut after its EOS (no padding)."""

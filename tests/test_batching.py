@@ -185,15 +185,19 @@ def test_a_failing_request_does_not_stop_the_others(exported, checkpoint, rng, m
     engine = Engine.from_artifacts(exported["fp32"], device="cpu")
     ids = list(rng.integers(5, model.config.vocab_size, 20))
     want = engine.generate([ids], max_new_tokens=6, min_new_tokens=6, num_beams=2)
+    want_greedy = engine.generate([ids], max_new_tokens=6, repetition_penalty=1.3)
     good = engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2)
     bad = engine.submit(ids, max_new_tokens=6, min_new_tokens=6)
     same_group = engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2)
-    monkeypatch.setattr(bad.search, "step", lambda logits: 1 / 0)
+    greedy = engine.submit(ids, max_new_tokens=6, repetition_penalty=1.3)  # bad's group
+    monkeypatch.setattr(bad.search, "scores", lambda logits: 1 / 0)
     monkeypatch.setattr(same_group.search, "step", lambda logits: 1 / 0)
-    good_final, bad_final, _ = engine.run_until_done([good, bad, same_group])
+    finals = engine.run_until_done([good, bad, same_group, greedy])
+    good_final, bad_final, _, greedy_final = finals
     assert bad_final.error == "ZeroDivisionError: division by zero"
     assert bad_final.failure is Failure.ERROR
     assert good_final.results == want
+    assert greedy_final.results == want_greedy
 
 
 def test_a_failing_encoder_batch_ends_only_its_requests(exported, checkpoint, rng, monkeypatch):
