@@ -9,7 +9,6 @@ cancelled requests. `generate` and `stream` drive the loop themselves when no lo
 
 import functools
 import threading
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,12 +17,13 @@ import torch
 from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.encoder import EncoderWorker
-from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest, failure_of
+from ledserve.engine.errors import Failure, InvalidRequest, failure_of
 from ledserve.engine.group import DecodeGroup
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
 from ledserve.engine.runtime import Runtime, resolve_device
+from ledserve.engine.scheduler import Scheduler
 from ledserve.engine.search import TokenSearch
 from ledserve.manifest import Manifest
 
@@ -65,9 +65,9 @@ class Engine:
         self.max_input = manifest.model.max_encoder_positions
         self.max_new_tokens = manifest.model.max_decoder_positions - 1
         self.vocab_size = manifest.model.vocab_size
-        self.waiting: deque[Request] = deque()
+        self.scheduler = Scheduler(config.max_rows, config.max_queue, config.max_encoder_tokens,
+                                   config.max_encoder_batch_tokens)  # fmt: skip
         self.running: list[Request] = []
-        self.lock = threading.Lock()
         self._groups: dict[int, DecodeGroup] = {}  # by rows per request
         self._wake = threading.Event()
         self.encoder = EncoderWorker(self._encode, self._wake)
@@ -123,10 +123,7 @@ class Engine:
             raise InvalidRequest(
                 f"request needs {request.rows} rows; max_rows is {self.config.max_rows}"
             )
-        with self.lock:
-            if len(self.waiting) >= self.config.max_queue:
-                raise CapacityExceeded(f"queue is full ({self.config.max_queue} waiting requests)")
-            self.waiting.append(request)
+        self.scheduler.submit(request)
         self._wake.set()
         return request
 
@@ -136,6 +133,11 @@ class Engine:
         self._wake.set()
 
     # -- the loop -------------------------------------------------------------------------
+    @property
+    def waiting(self):
+        """Requests not admitted yet, in order."""
+        return self.scheduler.waiting
+
     @property
     def encoding(self) -> list[Request]:
         """Admitted requests whose encoder batch has not finished."""
@@ -167,25 +169,7 @@ class Engine:
         return True
 
     def _admit(self):
-        held = self.running + self.encoding
-        rows = sum(r.rows for r in held)
-        tokens = sum(r.input_ids.size for r in held)
-        admitted = []
-        with self.lock:
-            while self.waiting:
-                request = self.waiting[0]
-                if request.cancelled:
-                    self.waiting.popleft().end(Failure.CANCELLED, "cancelled")
-                    continue
-                fits_rows = rows + request.rows <= self.config.max_rows
-                fits_tokens = tokens + request.input_ids.size <= self.config.max_encoder_tokens
-                alone = not held and not admitted  # a long input still runs, by itself
-                if not (fits_rows and (fits_tokens or alone)):
-                    break
-                admitted.append(self.waiting.popleft())
-                request.mark("admitted")
-                rows, tokens = rows + request.rows, tokens + request.input_ids.size
-        for batch in _by_length(admitted, self.config.max_encoder_batch_tokens):
+        for batch in self.scheduler.admit(self.running + self.encoding):
             self.encoder.submit(batch)
 
     def _collect(self):
@@ -387,19 +371,3 @@ class Engine:
                     return
         finally:
             self.cancel(request)  # a consumer that stops early frees the request's rows
-
-
-def _by_length(
-    requests: list[Request], max_tokens: int, slack: float = 1.25
-) -> list[list[Request]]:
-    """Encoder batches of similar input lengths (longest <= slack x shortest), limiting padding,
-    of at most `max_tokens` padded tokens (or one request)."""
-    batches: list[list[Request]] = []
-    for request in sorted(requests, key=lambda r: r.input_ids.size):
-        n = request.input_ids.size
-        last = batches[-1] if batches else None
-        if last and n <= slack * last[0].input_ids.size and n * (len(last) + 1) <= max_tokens:
-            last.append(request)
-        else:
-            batches.append([request])
-    return batches
