@@ -35,9 +35,8 @@ class DecodeGroup:
                 kept.append(np.arange(start, start + r.rows))
             start += r.rows
         joining = members[len(kept) :]
-        assert [r.id for r in members[: len(kept)]] == [
-            r.id for r in self.requests if r.id in staying
-        ], "requests only join at the end of a group"
+        if [r.id for r in members[: len(kept)]] != [r.id for r in self.requests if r.id in staying]:
+            raise RuntimeError("a decode group's requests changed order; they only join at its end")
         caches = []
         if kept:
             rows = np.concatenate(kept)
