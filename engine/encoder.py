@@ -60,12 +60,8 @@ class EncoderWorker:
             try:
                 batch = self._todo.get(timeout=IDLE_SECONDS)
             except queue.Empty:
-                with self._lock:
-                    if self._todo.empty():
-                        self._thread = None
-                        return
-                continue
-            if batch is None:  # stop(): end once the batches queued before it are done
+                batch = None  # idle: end, as after stop()
+            if batch is None:  # end, unless a batch came in meanwhile (it is done first)
                 with self._lock:
                     if self._todo.empty():
                         self._thread = None

@@ -74,12 +74,13 @@ class Request:
             "total": since.get("finished", 0.0),
         }
 
-    def fail(self, error: BaseException | str, failure: Failure | None = None):
-        """Stop at the next step boundary with this error (an exception is classified)."""
+    def fail(self, error: BaseException | str):
+        """Stop at the next step boundary with this error (an exception is classified; a
+        message is an ERROR)."""
         if isinstance(error, BaseException):
-            failure = failure or failure_of(error)
-            error = f"{type(error).__name__}: {error}"
-        self.failed = (failure or Failure.ERROR, error)
+            self.failed = (failure_of(error), f"{type(error).__name__}: {error}")
+        else:
+            self.failed = (Failure.ERROR, error)
 
     def end(self, failure: Failure, error: str):
         """The final event of a request that did not finish: cancelled or failed."""
