@@ -1,6 +1,8 @@
 """The decode loop's own cost: with `rows` greedy requests decoding together, the engine's step
 time beside the time ONNX Runtime's decoder run takes inside it (the rest is the loop: search,
-processors, cache bookkeeping, binding), and the wall time of `rows` requests against one.
+processors, cache bookkeeping, binding); the wall time of `rows` requests against one; and that
+wall time against bare ONNX Runtime calls (plain `session.run`, no engine) making the same encoder
+runs (the engine's encoder batches) and the same decoder runs (all rows, present fed back as past).
 
     python -m ledserve.benchmarks.loop --artifacts DIR [--rows 64] [--input-tokens 256]
 
@@ -57,6 +59,52 @@ def wall_time(engine, vocab: int, rows: int, input_tokens: int, new_tokens: int)
     return time.perf_counter() - start
 
 
+def bare_runtime(engine, vocab: int, rows: int, input_tokens: int, new_tokens: int) -> float:
+    """Seconds that bare ONNX Runtime calls take for the encoder and decoder runs of `wall_time`
+    (same graphs and sessions, same encoder batches, greedy argmax on the host)."""
+    from ledserve.engine.scheduler import by_length
+
+    runtime, names = engine.runtime, engine.runtime.artifacts.tensor_name
+    rng = np.random.default_rng(1)
+    inputs = [rng.integers(5, vocab, input_tokens) for _ in range(rows)]
+
+    class Sized:  # what by_length reads of a request
+        def __init__(self, ids):
+            self.input_ids = ids
+
+    layers, kinds = range(runtime.layers), ("key", "value")
+    start = time.perf_counter()
+    cross = {f"cross_{k}": [] for k in kinds}
+    batches = by_length([Sized(i) for i in inputs], engine.config.max_encoder_batch_tokens)
+    for batch in batches:
+        ids = np.stack([r.input_ids for r in batch])
+        ones = np.ones_like(ids)
+        out = runtime.encoder.run(None, {"input_ids": ids, "attention_mask": ones,
+                                         "global_attention_mask": np.zeros_like(ids)})  # fmt: skip
+        named = dict(zip([o.name for o in runtime.encoder.get_outputs()], out, strict=True))
+        for k in kinds:
+            cross[f"cross_{k}"].append([named[names(f"cross_{k}", i)] for i in layers])
+    feed = {"encoder_attention_mask": np.ones((rows, input_tokens), np.int64),
+            "request_rows": np.arange(rows)[:, None], "row_slots": np.arange(rows)}  # fmt: skip
+    for k in kinds:
+        for i in layers:
+            feed[names(f"cross_{k}", i)] = np.concatenate([b[i] for b in cross[f"cross_{k}"]])
+    empty = np.zeros((rows, runtime.heads, 0, runtime.head_dim), np.float32)
+    past = {names(f"past_{k}", i): empty for k in kinds for i in layers}
+    tokens = np.full((rows, 1), engine.defaults["decoder_start_token_id"], np.int64)
+    outputs = [o.name for o in runtime.decoder.get_outputs()]
+    for step in range(new_tokens):
+        mask = np.ones((rows, step + 1), np.int64)
+        out = runtime.decoder.run(None, {**feed, **past, "input_ids": tokens,
+                                         "attention_mask": mask})  # fmt: skip
+        named = dict(zip(outputs, out, strict=True))
+        tokens = named["logits"][:, -1].argmax(-1)[:, None]
+        past = {
+            names(f"past_{k}", i): named[names(f"present_{k}", i)] for k in kinds for i in layers
+        }
+    return time.perf_counter() - start
+
+
 def measure(artifacts, device="cpu", rows=64, input_tokens=256, new_tokens=32, steps=30,
             repeats=3) -> dict:  # fmt: skip
     from ledserve.engine.engine import Engine
@@ -66,7 +114,10 @@ def measure(artifacts, device="cpu", rows=64, input_tokens=256, new_tokens=32, s
     wall_time(engine, vocab, rows, input_tokens, 2)  # warm-up
     costs = [step_cost(engine, vocab, rows, input_tokens, steps) for _ in range(repeats)]
     one = [wall_time(engine, vocab, 1, input_tokens, new_tokens) for _ in range(repeats)]
-    many = [wall_time(engine, vocab, rows, input_tokens, new_tokens) for _ in range(repeats)]
+    many, bare = [], []
+    for _ in range(repeats):  # alternated, so that the machine's noise falls on both alike
+        many.append(wall_time(engine, vocab, rows, input_tokens, new_tokens))
+        bare.append(bare_runtime(engine, vocab, rows, input_tokens, new_tokens))
     return {
         "rows": rows, "input_tokens": input_tokens, "new_tokens": new_tokens,
         "step_s": statistics.median(c["step_s"] for c in costs),
@@ -75,6 +126,8 @@ def measure(artifacts, device="cpu", rows=64, input_tokens=256, new_tokens=32, s
         "one_request_s": statistics.median(one),
         "all_requests_s": statistics.median(many),
         "wall_ratio": statistics.median(many) / statistics.median(one),
+        "bare_ort_s": statistics.median(bare),
+        "over_bare_ort": statistics.median(m / b for m, b in zip(many, bare, strict=True)),
     }  # fmt: skip
 
 

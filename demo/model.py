@@ -9,7 +9,7 @@ from pathlib import Path
 from ledserve.demo.synthetic import Example, approximate_tokens, examples
 from ledserve.export.cli import summary
 from ledserve.export.convert import ExportConfig, export_model
-from ledserve.manifest import MANIFEST
+from ledserve.manifest import FORMAT_VERSION, MANIFEST
 
 DEMO_MODEL = Path(__file__).parent / "checkpoint"
 DEMO_SEED = 2026
@@ -40,7 +40,8 @@ def default_artifacts(folder: Path | None = None) -> Path:
     $XDG_CACHE_HOME/ledserve (~/.cache/ledserve) when none is given; reused once exported."""
     if folder is None:
         cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
-        folder = cache / "ledserve" / f"demo-{_version()}"
+        # The manifest format in the name: artifacts of an older ledserve are not reused.
+        folder = cache / "ledserve" / f"demo-f{FORMAT_VERSION}-{_version()}"
     if (folder / MANIFEST).exists():
         print(f"[ledserve] reusing the exported demo model in {folder}", file=sys.stderr)
         return folder

@@ -1,10 +1,10 @@
 """The Engine: owns the sessions and the scheduler, and runs the decode loop.
 
 Every step admits waiting requests (handing them, batched by length, to the encoder thread of
-engine/encoder.py), takes in the requests whose encoding finished, runs the decoder for every live
-row (one call per rows-per-request group size, since the decoder graph groups rows per request),
-applies each request's own processors and search, emits settled tokens and retires finished or
-cancelled requests. `generate` and `stream` drive the loop themselves when no loop thread runs.
+engine/encoder.py), takes in the requests whose encoding finished, runs the decoder once for every
+live row (engine/batch.py), applies each request's own processors and search, emits settled
+tokens and retires finished or cancelled requests. `generate` and `stream` drive the loop
+themselves when no loop thread runs.
 """
 
 import functools
@@ -15,10 +15,10 @@ import numpy as np
 import torch
 
 from ledserve.engine.artifacts import Artifacts
+from ledserve.engine.batch import DecodeBatch
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.encoder import EncoderWorker
 from ledserve.engine.errors import Failure, InvalidRequest, failure_of
-from ledserve.engine.group import DecodeGroup
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
@@ -37,7 +37,8 @@ class EngineConfig:
     max_beams: int = 8
     """Largest num_beams (and sampled num_return_sequences) a request may ask for."""
     max_encoder_tokens: int = 65536
-    """Input tokens (sum over live requests) whose cross K/V the engine holds at once."""
+    """Input tokens whose cross K/V the engine holds at once, counted padded as every decoder
+    run reads them: live requests x the longest live input (a longer input runs alone)."""
     max_encoder_batch_tokens: int = 8192
     """Padded input tokens in one encoder run (bounds the encoder's activation memory, ~0.1 MB
     per token and layer for LED-base's attention scores); a longer single input runs alone."""
@@ -68,12 +69,12 @@ class Engine:
         self.scheduler = Scheduler(config.max_rows, config.max_queue, config.max_encoder_tokens,
                                    config.max_encoder_batch_tokens)  # fmt: skip
         self.running: list[Request] = []
-        self._groups: dict[int, DecodeGroup] = {}  # by rows per request
+        self._batch: DecodeBatch | None = None  # while requests decode
         self._wake = threading.Event()
         self.encoder = EncoderWorker(self._encode, self._wake)
         self._thread: threading.Thread | None = None
         self.steps = 0  # loop iterations that ran the decoder
-        self.decoder_calls = 0  # decoder graph runs (one per rows-per-request group and step)
+        self.decoder_calls = 0  # decoder graph runs (one per step)
         self.decoder_rows = 0  # rows summed over those runs
 
     @property
@@ -149,21 +150,17 @@ class Engine:
         self._admit()
         self._collect()
         if not self.running:
-            self._groups = {}  # their caches and padded cross K/V go with the last request
+            self._batch = None  # its caches go with the last request
             return False
-        members: dict[int, list[Request]] = {}
-        for request in self.running:
-            members.setdefault(request.rows, []).append(request)
-        # A group without members is dropped with its cache and padded cross K/V.
-        self._groups = {g: self._groups.get(g) or DecodeGroup(self.runtime.device) for g in members}
-        for g, group in list(self._groups.items()):
-            try:
-                group.update(members[g])
-                self._decode(group)
-            except Exception as e:  # a failing decoder run stops its group, not the others
-                for r in members[g]:
-                    r.fail(e)
-                del self._groups[g]
+        if self._batch is None:
+            self._batch = DecodeBatch(self.runtime.device, self.config.max_encoder_tokens)
+        try:
+            self._batch.update(self.running)
+            self._decode(self._batch)
+        except Exception as e:  # a failing decoder run ends its requests, not the engine
+            for r in self.running:
+                r.fail(e)
+            self._batch = None
         self.steps += 1
         self._retire()
         return True
@@ -200,16 +197,19 @@ class Engine:
             request.cache = self.runtime.empty_cache(request.rows)
             request.mark("encoded")
 
-    def _decode(self, group: DecodeGroup):
-        tokens = np.concatenate([r.search.next_tokens for r in group.requests])
-        logits, present = self.runtime.decode(tokens, group.cache, group.mask, group.cross)
+    def _decode(self, batch: DecodeBatch):
+        tokens = np.concatenate([r.search.next_tokens for r in batch.requests])
+        encoder_mask, cross = batch.cross.bound()
+        logits, present = self.runtime.decode(
+            tokens, batch.cache, encoder_mask, cross, batch.request_rows, batch.row_slots
+        )
         self.decoder_calls += 1
         self.decoder_rows += len(tokens)
         finite = torch.isfinite(logits).all(dim=-1).cpu().numpy()  # [rows] bool
         reorder = np.arange(len(tokens))  # each row's source row in present
         picks = []  # greedy and sampling requests: (request, its rows, sampled tokens or None)
         start = 0
-        for r in group.requests:
+        for r in batch.requests:
             rows = np.arange(start, start + r.rows)
             part = slice(start, start + r.rows)
             start += r.rows
@@ -221,7 +221,7 @@ class Engine:
                     picks.append((r, part, self._process(r.search, logits, part)))
                     continue
                 order = r.search.step(logits[part])  # beam search: top-k and reorder
-            except Exception as e:  # this request only; the group's others go on
+            except Exception as e:  # this request only; the others go on
                 r.fail(e)
                 continue
             reorder[rows] = rows[order]
@@ -229,7 +229,7 @@ class Engine:
                 r.emit_progress()
         if picks:
             self._choose_tokens(logits, picks)
-        group.advance(present, reorder)
+        batch.advance(present, reorder)
 
     @staticmethod
     def _process(search: TokenSearch, logits: torch.Tensor, part: slice) -> torch.Tensor | None:
@@ -244,7 +244,7 @@ class Engine:
     @staticmethod
     def _choose_tokens(logits: torch.Tensor, picks: list):
         """One argmax over all rows for the greedy requests, then one device->host copy of every
-        greedy and sampled token of the group; each search appends its own."""
+        greedy and sampled token of the step; each search appends its own."""
         best = logits.argmax(dim=-1)  # [rows]
         chosen = torch.cat([best[part] if s is None else s for _, part, s in picks]).cpu().numpy()
         at = 0
@@ -289,7 +289,7 @@ class Engine:
             except Exception as e:  # a bug must not leave requests waiting forever
                 for r in self.running:
                     r.end(Failure.ERROR, f"engine step failed: {type(e).__name__}: {e}")
-                self.running, self._groups = [], {}
+                self.running, self._batch = [], None
                 continue
             if not busy:
                 self.wait()

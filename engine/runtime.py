@@ -114,9 +114,19 @@ class Runtime:
             for row in range(batch)
         ]
 
-    def decode(self, tokens, cache: KVCache, encoder_mask: torch.Tensor, cross: list[torch.Tensor]):
-        """tokens [batch] (host) fed after `cache` -> (logits [batch, vocab], present), on the
-        device."""
+    def decode(
+        self,
+        tokens,
+        cache: KVCache,
+        encoder_mask: torch.Tensor,
+        cross: list[torch.Tensor],
+        request_rows: torch.Tensor,
+        row_slots: torch.Tensor,
+    ):
+        """tokens [batch] (host) fed after `cache`, over the cross K/V of request slots
+        (encoder_mask [slots, length], cross per layer key, value) with the rows each slot's
+        request owns (request_rows [slots, width], row_slots [batch]; see export/graphs.py)
+        -> (logits [batch, vocab], present), on the device."""
         rows = cache.rows
         mask = torch.cat(
             [cache.mask, torch.ones((rows, 1), dtype=torch.int64, device=self.device)], 1
@@ -126,6 +136,8 @@ class Runtime:
             "input_ids": self._tensor(np.asarray(tokens, np.int64)[:, None]),
             "attention_mask": mask,
             "encoder_attention_mask": encoder_mask,
+            "request_rows": request_rows,
+            "row_slots": row_slots,
         }
         for i in range(self.layers):
             inputs[self.artifacts.tensor_name("past_key", i)] = cache.keys[i].contiguous()

@@ -1,8 +1,9 @@
 """Admission: the queue of waiting requests and the policy that lets them into the batch.
 
 A request waits (bounded by `max_queue`) until the running and encoding requests leave room for
-its rows (`max_rows`) and input tokens (`max_encoder_tokens`; a longer input still runs when it
-would be alone); admitted requests go to the encoder in batches of similar lengths within
+its rows (`max_rows`) and its cross K/V (`max_encoder_tokens`, counted padded as the decoder reads
+them: requests x the longest input; a longer input still runs when it would be alone).
+Admitted requests go to the encoder in batches of similar lengths within
 `max_encoder_batch_tokens` padded tokens. First come, first served: one that does not fit stops
 those behind it.
 """
@@ -32,8 +33,8 @@ class Scheduler:
     def admit(self, held: list[Request]) -> list[list[Request]]:
         """The waiting requests that fit beside `held` (running or encoding), as encoder batches;
         cancelled ones end here."""
-        rows = sum(r.rows for r in held)
-        tokens = sum(r.input_ids.size for r in held)
+        rows, count = sum(r.rows for r in held), len(held)
+        longest = max((r.input_ids.size for r in held), default=0)
         admitted = []
         with self.lock:
             while self.waiting:
@@ -42,13 +43,15 @@ class Scheduler:
                     self.waiting.popleft().end(Failure.CANCELLED, "cancelled")
                     continue
                 fits_rows = rows + request.rows <= self.max_rows
-                fits_tokens = tokens + request.input_ids.size <= self.max_encoder_tokens
+                padded = (count + 1) * max(longest, request.input_ids.size)
+                fits_tokens = padded <= self.max_encoder_tokens
                 alone = not held and not admitted  # a long input still runs, by itself
                 if not (fits_rows and (fits_tokens or alone)):
                     break
                 admitted.append(self.waiting.popleft())
                 request.mark("admitted")
-                rows, tokens = rows + request.rows, tokens + request.input_ids.size
+                rows, count = rows + request.rows, count + 1
+                longest = max(longest, request.input_ids.size)
         return by_length(admitted, self.max_encoder_batch_tokens)
 
 

@@ -68,7 +68,7 @@ class TokenSearch(Search):
 
     def step(self, logits: torch.Tensor) -> np.ndarray:
         """logits: [rows, vocab] on the device -> row reorder indices (identity). The engine
-        runs the same three parts batched over a decode group (Engine._choose_tokens)."""
+        runs the same three parts batched over the decode batch (Engine._choose_tokens)."""
         scores = self.scores(logits)
         chosen = self.sample(scores) if self.params.do_sample else scores.argmax(dim=-1)
         self.note_margins(scores)

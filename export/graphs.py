@@ -75,9 +75,12 @@ class EncoderGraph(nn.Module):
 class DecoderGraph(nn.Module):
     """One LED decoder step with a self-attention KV cache and precomputed cross-attention K/V.
 
-    Rows are grouped by request: with R requests (rows of the cross K/V) and batch rows, rows
-    r*G .. r*G+G-1 (G = batch / R) belong to request r and share its cross K/V, so beams and
-    returned sequences never copy them.
+    Cross K/V come once per request (a request slot); rows say which request they belong to
+    through two small index inputs, so beams and returned sequences never copy their request's
+    cross K/V and one run serves requests of any number of rows, in any row order:
+    `request_rows` [requests, width] lists each slot's rows (a slot with fewer rows repeats one of
+    them, a free slot any row), `row_slots` [batch] each row's place in that list, flattened
+    (slot * width + i). Cross-attention runs per slot over `width` gathered queries.
     """
 
     def __init__(self, model):
@@ -88,10 +91,18 @@ class DecoderGraph(nn.Module):
         self.register_buffer("final_logits_bias", model.final_logits_bias, persistent=False)
 
     def forward(
-        self, input_ids, attention_mask, encoder_attention_mask, past_key_values, cross_key_values
+        self,
+        input_ids,
+        attention_mask,
+        encoder_attention_mask,
+        request_rows,
+        row_slots,
+        past_key_values,
+        cross_key_values,
     ):
         """input_ids: [batch, new] int64; attention_mask: [batch, past + new] int64 (0 = empty
-        cache slot); encoder_attention_mask: [requests, enc_seq] int64; past_key_values: flat
+        cache slot); encoder_attention_mask: [requests, enc_seq] int64 (a free slot: all 0);
+        request_rows: [requests, width] int64; row_slots: [batch] int64; past_key_values: flat
         (key, value) per layer, [batch, heads, past, head_dim]; cross_key_values: flat (key, value)
         per layer, [requests, heads, enc_seq, head_dim]."""
         decoder = self.decoder
@@ -132,12 +143,14 @@ class DecoderGraph(nn.Module):
 
             attn = layer.encoder_attn
             cross_key, cross_value = cross_key_values[2 * i], cross_key_values[2 * i + 1]
-            requests = cross_key.shape[0]
-            # [batch, new, d] -> [requests, G * new, d]: a request's rows become extra query rows.
+            requests, width = request_rows.shape
+            # [batch, new, d] -> [requests, width * new, d]: a request's rows become query rows.
             query = attn.q_proj(hidden) * attn.scaling
-            query = _split(query.reshape(requests, -1, query.shape[-1]), attn)
+            query = query.index_select(0, request_rows.flatten())
+            query = _split(query.reshape(requests, width * new, -1), attn)
             scores = torch.where(cross_ok, query @ cross_key.transpose(-1, -2), MASKED)
-            out = merge_heads(scores.softmax(dim=-1) @ cross_value).reshape(batch, new, -1)
+            out = merge_heads(scores.softmax(dim=-1) @ cross_value)  # [requests, width * new, d]
+            out = out.reshape(requests * width, new, -1).index_select(0, row_slots)
             hidden = layer.encoder_attn_layer_norm(hidden + attn.out_proj(out))
 
             ffn = layer.fc2(layer.activation_fn(layer.fc1(hidden)))
@@ -203,6 +216,8 @@ class DecoderOnnxConfig(_GraphOnnxConfig):
             input_ids={0: "batch", 1: "new_tokens"},
             attention_mask={0: "batch", 1: "total_tokens"},
             encoder_attention_mask={0: "requests", 1: "encoder_sequence"},
+            request_rows={0: "requests", 1: "width"},
+            row_slots={0: "batch"},
         )
         out.update(self._layer_names((PAST_KEY, PAST_VALUE), {0: "batch", 2: "past_tokens"}))
         cross_axes = {0: "requests", 2: "encoder_sequence"}
@@ -217,18 +232,24 @@ class DecoderOnnxConfig(_GraphOnnxConfig):
 
     def generate_dummy_inputs(self, framework="pt", **kwargs):
         config = self._config
-        requests, group, new, past, enc_seq = 2, 2, 2, 3, 7
-        batch, heads = requests * group, config.decoder_attention_heads
+        # Three slots: rows 3, 0, 1 (three beams), row 2 alone, and a free slot.
+        requests, batch, new, past, enc_seq = 3, 4, 2, 3, 7
+        heads = config.decoder_attention_heads
         kv = lambda rows, length: torch.randn(rows, heads, length, self._head_dim())  # noqa: E731
         attention_mask = torch.ones(batch, past + new, dtype=torch.int64)
         attention_mask[0, 0] = 0
         encoder_attention_mask = torch.ones(requests, enc_seq, dtype=torch.int64)
         encoder_attention_mask[1, -2:] = 0
+        encoder_attention_mask[2] = 0
+        request_rows = torch.tensor([[3, 0, 1], [2, 2, 2], [0, 0, 0]])
+        row_slots = torch.tensor([1, 2, 3, 0])
         layers = range(config.decoder_layers)
         return dict(
             input_ids=torch.randint(3, config.vocab_size, (batch, new)),
             attention_mask=attention_mask,
             encoder_attention_mask=encoder_attention_mask,
+            request_rows=request_rows,
+            row_slots=row_slots,
             past_key_values=tuple(kv(batch, past) for _ in layers for _ in range(2)),
             cross_key_values=tuple(kv(requests, enc_seq) for _ in layers for _ in range(2)),
         )

@@ -140,6 +140,8 @@ def run_decoder_steps(decoder: ort.InferenceSession, config, encoder_out, encode
             "input_ids": tokens[:, step : step + 1],
             "attention_mask": np.ones((batch, step + 1), np.int64),
             "encoder_attention_mask": encoder_mask,
+            "request_rows": np.arange(batch)[:, None],  # one row per request, in order
+            "row_slots": np.arange(batch),
             **past,
             **cross,
         }

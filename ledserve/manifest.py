@@ -10,7 +10,7 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: decoder rows name their request (request_rows, row_slots)
 """Bumped by any change a reader of an older version would misread (a graph contract, a field)."""
 MANIFEST = "manifest.json"
 INPUT_TEMPLATE = "question: {question} context: {context}"

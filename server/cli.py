@@ -39,7 +39,7 @@ def add_arguments(parser: argparse.ArgumentParser):
         "--max-encoder-tokens",
         type=int,
         default=defaults.max_encoder_tokens,
-        help="input tokens whose cross K/V are held at once",
+        help="input tokens whose cross K/V are held at once (requests x the longest input)",
     )
     parser.add_argument(
         "--max-encoder-batch-tokens",

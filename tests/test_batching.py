@@ -12,7 +12,7 @@ import pytest
 from ledserve.engine.engine import Engine
 from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest, failure_of
 
-MIXED = [  # rows per request 2, 1, 2, 4, 1: the G = 1 and G = 2 groups share decoder runs
+MIXED = [  # rows per request 2, 1, 2, 4, 1, all in one decoder run per step
     dict(max_new_tokens=12, min_new_tokens=6, num_beams=2, no_repeat_ngram_size=2),
     dict(max_new_tokens=9, min_new_tokens=6),
     dict(
@@ -67,10 +67,14 @@ def test_beam_request_holds_one_copy_of_cross_attention(exported, checkpoint, rn
     greedy = engine.submit(ids, max_new_tokens=5, min_new_tokens=5)
     beam = engine.submit(ids, max_new_tokens=5, min_new_tokens=5, num_beams=4)
     decode_step(engine)
-    cross_bytes = [sum(t.nbytes for t in r.cross) for r in (greedy, beam)]
-    assert cross_bytes[0] == cross_bytes[1] > 0
-    assert all(a.shape[0] == 1 for a in beam.cross)  # one row of cross K/V for four beams
-    assert engine._groups[4].cache.rows == 4 and engine._groups[1].cache.rows == 1
+    batch = engine._batch
+    assert batch.cache.rows == 5 and engine.decoder_calls == 1  # one run for 1 + 4 rows
+    mask, cross = batch.cross.bound()
+    assert mask.shape == (2, 50)  # one slot of cross K/V per request, not per beam
+    assert all(c.shape[0] == 2 for c in cross)
+    assert greedy.cross is None and beam.cross is None  # the batch's copy is the only one
+    assert batch.request_rows.tolist() == [[0, 0, 0, 0], [1, 2, 3, 4]]
+    assert batch.row_slots.tolist() == [0, 4, 5, 6, 7]
 
 
 def test_cancel_frees_the_slot(exported, checkpoint, rng):
@@ -188,11 +192,11 @@ def test_a_failing_request_does_not_stop_the_others(exported, checkpoint, rng, m
     want_greedy = engine.generate([ids], max_new_tokens=6, repetition_penalty=1.3)
     good = engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2)
     bad = engine.submit(ids, max_new_tokens=6, min_new_tokens=6)
-    same_group = engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2)
-    greedy = engine.submit(ids, max_new_tokens=6, repetition_penalty=1.3)  # bad's group
+    bad_beam = engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2)
+    greedy = engine.submit(ids, max_new_tokens=6, repetition_penalty=1.3)
     monkeypatch.setattr(bad.search, "scores", lambda logits: 1 / 0)
-    monkeypatch.setattr(same_group.search, "step", lambda logits: 1 / 0)
-    finals = engine.run_until_done([good, bad, same_group, greedy])
+    monkeypatch.setattr(bad_beam.search, "step", lambda logits: 1 / 0)
+    finals = engine.run_until_done([good, bad, bad_beam, greedy])
     good_final, bad_final, _, greedy_final = finals
     assert bad_final.error == "ZeroDivisionError: division by zero"
     assert bad_final.failure is Failure.ERROR
@@ -250,23 +254,44 @@ def test_out_of_vocabulary_and_bad_global_masks_are_refused(exported):
         engine.submit([5, 6], [0, 2])
 
 
-def test_grouped_requests_hold_their_cross_attention_once(exported, checkpoint, rng):
-    """Requests sharing a decoder run keep views into one padded cross K/V, not a second copy."""
+def test_cross_attention_slots_are_reused_without_copying_the_others(exported, checkpoint, rng):
+    """A leaving request frees its slot of cross K/V; a joining one is copied into a free slot;
+    the other requests' K/V stay where they are (no reallocation, no copy)."""
     _, model = checkpoint
     engine = Engine.from_artifacts(exported["fp32"], device="cpu")
-    a = engine.submit(list(rng.integers(5, model.config.vocab_size, 30)), min_new_tokens=3)
-    b = engine.submit(list(rng.integers(5, model.config.vocab_size, 50)), min_new_tokens=3)
-    engine.step()  # admits both: two encoder batches (their lengths differ by more than 1.25x)
-    while not all("encoded" in r.times for r in (a, b)):
+    vocab = model.config.vocab_size
+    ids = [list(rng.integers(5, vocab, n)) for n in (30, 50, 45, 20)]
+    long, short = (dict(max_new_tokens=n, min_new_tokens=n) for n in (12, 3))
+    a = engine.submit(ids[0], max_new_tokens=2, min_new_tokens=2)
+    b, d = engine.submit(ids[1], **long), engine.submit(ids[2], **long)
+    engine.step()  # admits all three (encoder batches: 30 alone, 45 and 50 together)
+    while not all("encoded" in r.times for r in (a, b, d)):
         engine.wait()
-    decode_step(engine)  # both join the batch at this step boundary
-    (group,) = engine._groups.values()
-    mask, cross = group.mask, group.cross
-    assert mask.shape == (2, 50)
-    for request in (a, b):
-        for own, shared in zip(request.cross, cross, strict=True):
-            assert own.untyped_storage().data_ptr() == shared.untyped_storage().data_ptr()
-            assert own.shape[2] == request.input_ids.size
+    decode_step(engine)  # they join the batch at this step boundary
+    cross = engine._batch.cross
+    assert cross.mask.shape == (3, 50) and sorted(cross.owners) == sorted([a.id, b.id, d.id])
+    held = {owner: int(n) for owner, n in zip(cross.owners, cross.mask.sum(dim=1), strict=True)}
+    assert held == {a.id: 30, b.id: 50, d.id: 45}
+    slots = list(cross.owners)
+    pointers = [t.data_ptr() for t in cross.tensors]
+    while not a.search.done:
+        decode_step(engine)
+    decode_step(engine)
+    freed = slots.index(a.id)
+    assert cross.owners == [None if s == a.id else s for s in slots]  # freed, none moved
+    assert cross.mask[freed].sum() == 0
+    c = engine.submit(ids[3], **short)
+    while c.id not in cross.owners:
+        decode_step(engine)
+    assert cross.owners == [c.id if s == a.id else s for s in slots]  # into the free slot
+    assert int(cross.mask[freed].sum()) == 20
+    assert [t.data_ptr() for t in cross.tensors] == pointers
+    finals = engine.run_until_done([b, d, c])
+    alone = [
+        Engine.from_artifacts(exported["fp32"], device="cpu").generate([i], **p)
+        for i, p in ((ids[1], long), (ids[2], long), (ids[3], short))
+    ]
+    assert [f.results for f in finals] == alone
 
 
 def test_running_requests_go_on_while_an_input_is_encoded(exported, checkpoint, rng, monkeypatch):
@@ -328,8 +353,8 @@ def test_failures_are_classified(error):
 
 
 def test_a_greedy_step_keeps_the_decoders_cache_without_a_copy(exported, checkpoint, rng):
-    """The decoder's `present` becomes the group's cache as it is; a request that joins or leaves
-    changes the group's rows, and the tokens stay those of each request alone."""
+    """The decoder's `present` becomes the batch's cache as it is; a request that joins or leaves
+    changes the batch's rows, and the tokens stay those of each request alone."""
     _, model = checkpoint
     rows = [list(rng.integers(5, model.config.vocab_size, n)) for n in (20, 24, 30)]
     params = [dict(max_new_tokens=n, min_new_tokens=n) for n in (9, 4, 6)]
@@ -347,9 +372,8 @@ def test_a_greedy_step_keeps_the_decoders_cache_without_a_copy(exported, checkpo
     requests = [engine.submit(rows[0], **params[0])]
     decode_step(engine)
     decode_step(engine)
-    group = engine._groups[1]
-    assert group.cache is presents[-1]  # kept as the decoder returned it
+    assert engine._batch.cache is presents[-1]  # kept as the decoder returned it
     requests += [engine.submit(r, **p) for r, p in zip(rows[1:], params[1:], strict=True)]
     finals = engine.run_until_done(requests)
     assert [f.results for f in finals] == alone
-    assert not engine.step() and engine._groups == {}  # nothing held once all are done
+    assert not engine.step() and engine._batch is None  # nothing held once all are done

@@ -44,3 +44,4 @@ def test_loop_cost_benchmark_runs(exported):
                           repeats=1)  # fmt: skip
     assert result["rows"] == 4 and result["step_s"] > 0 and result["ort_run_s"] > 0
     assert result["all_requests_s"] > 0 and result["one_request_s"] > 0
+    assert result["bare_ort_s"] > 0 and result["over_bare_ort"] > 0

@@ -13,13 +13,13 @@ from transformers import BartConfig
 
 from ledserve.cli import main as ledserve
 from ledserve.export.convert import ExportConfig, ExportError, export_model, save_onnx
-from ledserve.manifest import INPUT_TEMPLATE, Validation, sha256
+from ledserve.manifest import FORMAT_VERSION, INPUT_TEMPLATE, Validation, sha256
 
 
 def test_manifest_describes_the_artifacts(exported):
     folder = exported["fp16"]
     manifest = json.loads((folder / "manifest.json").read_text())
-    assert manifest["format_version"] == 1 and manifest["dtype"] == "fp16"
+    assert manifest["format_version"] == FORMAT_VERSION and manifest["dtype"] == "fp16"
     assert manifest["input_template"] == INPUT_TEMPLATE
     for name in (
         "encoder.onnx",

@@ -1,5 +1,6 @@
 """decoder.onnx: teacher-forced steps with the KV cache against transformers, and its batching
-contract (empty cache slots, rows grouped per request, several new tokens in one step)."""
+contract (empty cache slots, rows naming their request's cross K/V slot, several new tokens in
+one step)."""
 
 import numpy as np
 import pytest
@@ -77,6 +78,8 @@ def test_multi_token_step_equals_single_steps(checkpoint, exported, rng):
         "input_ids": tokens,
         "attention_mask": np.ones_like(tokens),
         "encoder_attention_mask": inputs["attention_mask"],
+        "request_rows": np.arange(2)[:, None],
+        "row_slots": np.arange(2),
         **_empty_past(model, 2),
         **_cross(encoder_out),
     }
@@ -85,19 +88,20 @@ def test_multi_token_step_equals_single_steps(checkpoint, exported, rng):
     assert check.passed, check
 
 
-def test_empty_cache_slots_and_grouped_rows(checkpoint, exported, rng):
-    """Rows grouped per request over one shared cross K/V (rows 0, 1 -> request 0; rows 2, 3 ->
-    request 1), with row 0 joining two steps late behind empty cache slots, give the logits each
-    row gets when decoded alone."""
+def test_empty_cache_slots_and_rows_naming_their_request(checkpoint, exported, rng):
+    """Request A owns row 0, request B rows 3, 1, 2; their cross K/V sit in slots 2 and 0 with
+    a free slot 1 (mask 0, random K/V) between them; row 0 joins two steps late behind empty
+    cache slots. Each row gets the logits it gets when decoded alone."""
     _, model = checkpoint
     decoder = session(exported["fp32"] / "decoder.onnx")
     names = [o.name for o in decoder.get_outputs()]
     inputs, encoder_out = encoded(model, exported["fp32"], rng, [30, 11])
+    request_of_row = [0, 1, 1, 1]  # encoder row of A, B
     steps, late = 5, 2
     tokens = teacher_tokens(model, rng, 4, steps)
     alone = []
     for row in range(4):
-        request = slice(row // 2, row // 2 + 1)
+        request = slice(request_of_row[row], request_of_row[row] + 1)
         alone.append(
             run_decoder_steps(
                 decoder,
@@ -108,6 +112,13 @@ def test_empty_cache_slots_and_grouped_rows(checkpoint, exported, rng):
             )
         )
 
+    cross = _cross(encoder_out, [1, 0, 0])  # slots: B, free, A
+    for value in cross.values():
+        value[1] = rng.standard_normal(value[1].shape)
+    encoder_mask = inputs["attention_mask"][[1, 0, 0]]
+    encoder_mask[1] = 0
+    request_rows = np.array([[3, 1, 2], [0, 0, 0], [0, 0, 0]])
+    row_slots = np.array([6, 1, 2, 0])  # row 0: slot 2, first; row 3: slot 0, first; ...
     past, mask = _empty_past(model, 4), np.zeros((4, 0), np.int64)
     got = [[] for _ in range(4)]
     for step in range(steps + late):
@@ -118,9 +129,11 @@ def test_empty_cache_slots_and_grouped_rows(checkpoint, exported, rng):
         feed = {
             "input_ids": tokens[np.arange(4), positions][:, None],
             "attention_mask": mask,
-            "encoder_attention_mask": inputs["attention_mask"],
+            "encoder_attention_mask": encoder_mask,
+            "request_rows": request_rows,
+            "row_slots": row_slots,
             **past,
-            **_cross(encoder_out),
+            **cross,
         }
         outputs = decoder.run(None, feed)
         past = _present_as_past(outputs, names)

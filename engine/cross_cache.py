@@ -1,0 +1,106 @@
+"""The cross-attention K/V of every decoding request, one slot each, read by every decoder run.
+
+Per layer a key and a value tensor [slots, heads, length, head_dim] (length: the longest input
+held) and a mask [slots, length]. A joining request's K/V are copied into a free slot once (the
+request's own tensors are then released); a leaving request only frees its slot (its mask row
+becomes 0), so joins and leaves never copy the other requests' K/V. The tensors are reallocated
+(the staying requests copied once) only when a join finds no free slot or a longer input than the
+slots hold, or when at most half of the slots, or of the length, are still in use, or when the
+spare capacity makes them larger than `max_tokens` (the admission budget) slots x length.
+"""
+
+import torch
+
+
+class CrossCache:
+    def __init__(self, device: torch.device, max_tokens: int):
+        self.device, self.max_tokens = device, max_tokens
+        self.tensors: list[torch.Tensor] = []  # per layer key, value: [slots, heads, length, dim]
+        self.mask = torch.zeros((0, 0), dtype=torch.int64, device=device)  # [slots, length]
+        self.owners: list[int | None] = []  # the request id in each slot; None: free
+        self.lengths: list[int] = []  # input tokens of each slot's request
+
+    @property
+    def slots(self) -> int:
+        return len(self.owners)
+
+    @property
+    def length(self) -> int:
+        return self.mask.shape[1]
+
+    @property
+    def end(self) -> int:
+        """Slots up to the last one in use: what a decoder run reads (free ones after it are not
+        bound, so spare capacity costs no compute)."""
+        used = [s for s, owner in enumerate(self.owners) if owner is not None]
+        return used[-1] + 1 if used else 0
+
+    def bound(self) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """(mask [end, length], per layer key, value [end, heads, length, dim]): contiguous views
+        for the decoder's `encoder_attention_mask` and `cross_key_values` inputs."""
+        end = self.end
+        return self.mask[:end], [t[:end] for t in self.tensors]
+
+    def update(self, requests) -> list[int]:
+        """Hold the K/V of exactly `requests`; those not held yet bring theirs in `request.cross`
+        (per layer key, value [1, heads, own_length, dim]). Returns each request's slot."""
+        live = {r.id for r in requests}
+        for slot, owner in enumerate(self.owners):
+            if owner is not None and owner not in live:
+                self.owners[slot], self.lengths[slot] = None, 0
+                self.mask[slot] = 0
+        placed = {owner: s for s, owner in enumerate(self.owners) if owner is not None}
+        joining = [r for r in requests if r.id not in placed]
+        length = max(
+            [self.lengths[s] for s in placed.values()] + [r.input_ids.size for r in joining]
+        )
+        short = len(joining) > self.slots - len(placed) or length > self.length
+        sparse = 2 * len(requests) <= self.slots or 2 * length <= self.length
+        sparse |= self.slots * self.length > max(self.max_tokens, len(requests) * length)
+        if not placed and len(requests) == 1:  # a lone request lends its own tensors: no copy
+            self._adopt(requests[0])
+            return [0]
+        if short or sparse:
+            self._resize(len(requests), length, placed, joining)
+        free = (s for s, owner in enumerate(self.owners) if owner is None)
+        for r in joining:
+            self._put(next(free), r)
+        slots = {owner: s for s, owner in enumerate(self.owners) if owner is not None}
+        return [slots[r.id] for r in requests]
+
+    def _resize(self, slots: int, length: int, placed: dict[int, int], joining: list):
+        """New tensors of exactly `slots` x `length`, the placed requests moved to the first
+        slots."""
+        old = torch.as_tensor(list(placed.values()), dtype=torch.int64, device=self.device)
+        keep = min(self.length, length)
+        like = self.tensors or joining[0].cross  # per layer key, value
+        shape = (slots, like[0].shape[1], length, like[0].shape[3])  # [slots, heads, len, dim]
+        tensors = []
+        for i in range(len(like)):
+            tensor = torch.zeros(shape, dtype=like[0].dtype, device=self.device)
+            if placed:
+                tensor[: len(placed), :, :keep] = self.tensors[i].index_select(0, old)[:, :, :keep]
+            tensors.append(tensor)
+        mask = torch.zeros((slots, length), dtype=torch.int64, device=self.device)
+        if placed:
+            mask[: len(placed), :keep] = self.mask.index_select(0, old)[:, :keep]
+        self.tensors, self.mask = tensors, mask
+        self.owners = list(placed) + [None] * (slots - len(placed))
+        self.lengths = [self.lengths[s] for s in placed.values()] + [0] * (slots - len(placed))
+
+    def _adopt(self, request):
+        self.tensors = [c.contiguous() for c in request.cross]
+        self.mask = torch.ones((1, request.input_ids.size), dtype=torch.int64, device=self.device)
+        self.owners, self.lengths = [request.id], [request.input_ids.size]
+        request.cross = None
+
+    def _put(self, slot: int, request):
+        """Copy a joining request's K/V into a free slot; stale K/V of an earlier owner beyond
+        its length are zeroed (masked, but 0 x NaN would still be NaN)."""
+        n = request.input_ids.size
+        for tensor, own in zip(self.tensors, request.cross, strict=True):
+            tensor[slot, :, :n] = own[0]
+            tensor[slot, :, n:] = 0
+        self.mask[slot, :n], self.mask[slot, n:] = 1, 0
+        self.owners[slot], self.lengths[slot] = request.id, n
+        request.cross = None

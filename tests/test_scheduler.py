@@ -1,0 +1,108 @@
+"""Admission and the cross-attention cache, with no model: budgets counted as the decoder reads
+them, encoder batches by length, slots reused without moving the other requests' K/V."""
+
+import itertools
+
+import numpy as np
+import pytest
+import torch
+
+from ledserve.engine.cross_cache import CrossCache
+from ledserve.engine.errors import CapacityExceeded
+from ledserve.engine.scheduler import Scheduler, by_length
+
+ids = itertools.count()
+
+
+class Fake:
+    """What the scheduler and the cross cache read of a request."""
+
+    def __init__(self, length, rows=1, layers=2, heads=2, dim=3):
+        self.id, self.rows, self.cancelled = next(ids), rows, False
+        self.input_ids = np.zeros(length, np.int64)
+        # per layer key, value: [1, heads, length, dim], distinct values per request
+        shape = (1, heads, length, dim)
+        self.cross = [torch.full(shape, float(self.id)) for _ in range(2 * layers)]
+        self.value = float(self.id)
+
+    def mark(self, _):
+        pass
+
+
+def test_admission_counts_cross_tokens_padded_to_the_longest():
+    scheduler = Scheduler(max_rows=8, max_queue=10, max_encoder_tokens=1000,
+                          max_encoder_batch_tokens=10_000)  # fmt: skip
+    running = [Fake(100)]
+    for n in (400, 100, 100):
+        scheduler.submit(Fake(n))
+    # 2 x 400 fits; a third request would make 3 x 400 = 1200 > 1000 padded tokens
+    batches = scheduler.admit(running)
+    assert [[r.input_ids.size for r in b] for b in batches] == [[400]]
+    assert len(scheduler.waiting) == 2
+    assert scheduler.admit(running + batches[0]) == []
+
+
+def test_admission_rows_queue_and_a_long_input_alone():
+    scheduler = Scheduler(max_rows=4, max_queue=2, max_encoder_tokens=100,
+                          max_encoder_batch_tokens=10_000)  # fmt: skip
+    scheduler.submit(Fake(500))  # longer than the budget: runs, but only alone
+    scheduler.submit(Fake(10, rows=4))
+    with pytest.raises(CapacityExceeded, match="queue is full"):
+        scheduler.submit(Fake(10))
+    assert scheduler.admit([Fake(10)]) == []  # not alone
+    (first,) = scheduler.admit([])
+    assert first[0].input_ids.size == 500 and len(scheduler.waiting) == 1
+    assert scheduler.admit([Fake(10, rows=1)]) == []  # 1 + 4 rows > 4
+
+
+def test_encoder_batches_group_similar_lengths_within_the_token_limit():
+    requests = [Fake(n) for n in (100, 30, 110, 120, 32, 600)]
+    batches = by_length(requests, max_tokens=300)
+    assert [[r.input_ids.size for r in b] for b in batches] == [[30, 32], [100, 110], [120], [600]]
+
+
+def _held(cache):
+    """slot -> (owner, the value its K/V hold, mask length)."""
+    return {
+        s: (owner, float(cache.tensors[0][s, 0, 0, 0]), int(cache.mask[s].sum()))
+        for s, owner in enumerate(cache.owners)
+        if owner is not None
+    }
+
+
+def test_cross_cache_reuses_free_slots_and_compacts():
+    cache = CrossCache(torch.device("cpu"), max_tokens=10_000)
+    a = Fake(5)
+    own = a.cross[0].data_ptr()
+    assert cache.update([a]) == [0] and cache.tensors[0].data_ptr() == own  # lent, not copied
+    b, c, d = Fake(7), Fake(3), Fake(6)
+    assert cache.update([a, b, c, d]) == [0, 1, 2, 3]  # grown to 4 x 7, a moved once
+    assert a.cross is None and b.cross is None  # the cache holds the only copy
+    assert _held(cache) == {0: (a.id, a.value, 5), 1: (b.id, b.value, 7), 2: (c.id, c.value, 3),
+                            3: (d.id, d.value, 6)}  # fmt: skip
+    assert float(cache.tensors[1][2, 0, 3:].abs().sum()) == 0  # c's padding is zero
+    pointer = cache.tensors[0].data_ptr()
+    assert cache.update([a, b, d]) == [0, 1, 3]  # c leaves: nothing moves
+    assert cache.owners[2] is None and int(cache.mask[2].sum()) == 0
+    e = Fake(4)
+    assert cache.update([a, b, d, e]) == [0, 1, 3, 2]  # e takes c's slot
+    assert cache.tensors[0].data_ptr() == pointer
+    assert float(cache.tensors[1][2, 0, 4:].abs().sum()) == 0  # c's stale K/V zeroed
+    mask, bound = cache.bound()
+    assert mask.shape == (4, 7) and bound[0].shape[0] == 4
+    assert cache.update([b, d, e]) == [1, 3, 2] and cache.bound()[0].shape[0] == 4
+    assert cache.update([e]) == [0]  # 1 of 4 slots in use: compacted to 1 x 4
+    assert cache.mask.shape == (1, 4) and _held(cache) == {0: (e.id, e.value, 4)}
+
+
+def test_cross_cache_trailing_free_slots_are_not_bound_and_the_budget_compacts():
+    cache = CrossCache(torch.device("cpu"), max_tokens=20)
+    a, b, c = Fake(5), Fake(5), Fake(5)
+    cache.update([a, b, c])
+    cache.update([a, b])  # 2 of 3 slots: kept, but the last is not bound
+    assert cache.slots == 3 and cache.bound()[0].shape[0] == 2
+    d = Fake(9)  # a longer input: regrown to 3 x 9 = 27 > 20, the budget (admission let it in)
+    cache.update([a, b, d])
+    assert cache.mask.shape == (3, 9)
+    cache.update([d, Fake(8)])  # 2 x 9 = 18 needed; 3 x 9 held is over the budget: compacted
+    assert cache.mask.shape == (2, 9)
