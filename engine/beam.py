@@ -6,7 +6,6 @@ early-stopping modes and their stopping heuristic, in float32 as transformers co
 import numpy as np
 import torch
 
-from ledserve.engine import processors
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.search import Search
 
@@ -34,8 +33,7 @@ class BeamSearch(Search):
         new one extends. Only the `keep` best candidates (ids and scores) come to the host."""
         params, beams = self.params, self.params.num_beams
         cur_len, vocab = self.sequences.shape[1], logits.shape[-1]
-        ids = torch.as_tensor(self.sequences, device=logits.device)
-        log_probs = processors.apply(self.chain, ids, logits.float().log_softmax(dim=-1))
+        log_probs = self.process(logits.float().log_softmax(dim=-1))
         beam_scores = torch.as_tensor(self.running_scores, device=logits.device)
         accumulated = (log_probs + beam_scores[:, None]).reshape(-1)  # [beams * vocab]
 

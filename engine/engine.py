@@ -23,6 +23,7 @@ from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
 from ledserve.engine.runtime import Runtime, resolve_device
+from ledserve.engine.sampler import choose_tokens
 from ledserve.engine.scheduler import Scheduler
 from ledserve.engine.search import TokenSearch
 from ledserve.manifest import Manifest
@@ -205,55 +206,30 @@ class Engine:
         )
         self.decoder_calls += 1
         self.decoder_rows += len(tokens)
-        finite = torch.isfinite(logits).all(dim=-1).cpu().numpy()  # [rows] bool
+        finite = torch.isfinite(logits).all(dim=-1)  # [rows] bool, before any processor's -inf
         reorder = np.arange(len(tokens))  # each row's source row in present
-        picks = []  # greedy and sampling requests: (request, its rows, sampled tokens or None)
+        picks, beams = [], []  # (request, its rows): greedy and sampling; beam search
         start = 0
         for r in batch.requests:
-            rows = np.arange(start, start + r.rows)
-            part = slice(start, start + r.rows)
+            rows = slice(start, start + r.rows)
             start += r.rows
-            if not finite[rows].all():  # a graph overflow must not pass as tokens
-                r.fail("the decoder produced non-finite logits (fp16 overflow?)")
+            if isinstance(r.search, TokenSearch):
+                picks.append((r, rows))
                 continue
             try:
-                if isinstance(r.search, TokenSearch):
-                    picks.append((r, part, self._process(r.search, logits, part)))
-                    continue
-                order = r.search.step(logits[part])  # beam search: top-k and reorder
+                order = r.search.step(logits[rows])  # beam search: top-k and reorder
             except Exception as e:  # this request only; the others go on
                 r.fail(e)
                 continue
-            reorder[rows] = rows[order]
-            if not r.search.done:
+            reorder[rows] = np.arange(rows.start, rows.stop)[order]
+            beams.append((r, rows))
+        finite = choose_tokens(logits, picks, finite)
+        for r, rows in beams:
+            if not finite[rows].all():
+                r.fail("the decoder produced non-finite logits (fp16 overflow?)")
+            elif not r.search.done:
                 r.emit_progress()
-        if picks:
-            self._choose_tokens(logits, picks)
         batch.advance(present, reorder)
-
-    @staticmethod
-    def _process(search: TokenSearch, logits: torch.Tensor, part: slice) -> torch.Tensor | None:
-        """Write the request's processed scores into its rows of `logits`; a sampling request
-        draws its tokens here, with its own generator (so a seed does not depend on the batch)."""
-        scores = search.scores(logits[part])
-        if search.chain:
-            logits[part] = scores
-        search.note_margins(scores)
-        return search.sample(scores) if search.params.do_sample else None
-
-    @staticmethod
-    def _choose_tokens(logits: torch.Tensor, picks: list):
-        """One argmax over all rows for the greedy requests, then one device->host copy of every
-        greedy and sampled token of the step; each search appends its own."""
-        best = logits.argmax(dim=-1)  # [rows]
-        chosen = torch.cat([best[part] if s is None else s for _, part, s in picks]).cpu().numpy()
-        at = 0
-        for r, part, _ in picks:
-            n = part.stop - part.start
-            r.search.advance(chosen[at : at + n])
-            at += n
-            if not r.search.done:
-                r.emit_progress()
 
     def _retire(self, cancelled_only: bool = False):
         keep = []

@@ -20,6 +20,7 @@ class Search:
         self.params = params
         self.diagnostics = diagnostics  # record `margin` (costs a device->host copy a step)
         self.chain = processors.build(params)
+        self.pre, self.masking, self.post = processors.split(self.chain)
         self.max_length = 1 + params.max_new_tokens
         self.eos = np.array(params.eos_token_id, dtype=np.int64)
         self.pad = (
@@ -48,6 +49,20 @@ class Search:
                 self._generator.manual_seed(self.params.seed)
         return self._generator
 
+    def process(self, scores: torch.Tensor) -> torch.Tensor:
+        """[rows, vocab] float32 scores -> the request's processed scores, in transformers' order;
+        the masking processors read the host's token ids (no device->host copy)."""
+        if self.pre or self.post:
+            ids = torch.as_tensor(self.sequences, device=scores.device)
+        if self.pre:
+            scores = processors.apply(self.pre, ids, scores)
+        if self.masking:
+            masks = processors.Masks()
+            for processor in self.masking:
+                processor.mark(self.sequences, masks)
+            scores = masks.apply(scores.clone())
+        return processors.apply(self.post, ids, scores) if self.post else scores
+
     @property
     def rows(self) -> int:
         return self.sequences.shape[0]
@@ -68,7 +83,7 @@ class TokenSearch(Search):
 
     def step(self, logits: torch.Tensor) -> np.ndarray:
         """logits: [rows, vocab] on the device -> row reorder indices (identity). The engine
-        runs the same three parts batched over the decode batch (Engine._choose_tokens)."""
+        runs the same parts batched over a step's requests (engine/sampler.py)."""
         scores = self.scores(logits)
         chosen = self.sample(scores) if self.params.do_sample else scores.argmax(dim=-1)
         self.note_margins(scores)
@@ -77,11 +92,7 @@ class TokenSearch(Search):
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         """[rows, vocab] logits -> the request's processed scores, float32 on the device."""
-        scores = logits.float()
-        if not self.chain:
-            return scores
-        ids = torch.as_tensor(self.sequences, device=logits.device)
-        return processors.apply(self.chain, ids, scores)
+        return self.process(logits.float())
 
     def sample(self, scores: torch.Tensor) -> torch.Tensor:
         """[rows] tokens drawn with the request's own generator (do_sample)."""

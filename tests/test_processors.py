@@ -122,3 +122,47 @@ def test_defaults_from_generation_config():
     assert params.eos_token_id == (2,)
     with pytest.raises(InvalidRequest, match="'bad_words_ids' \\(from generation_config\\)"):
         GenerationParams.build({**DEFAULTS, "bad_words_ids": [[5]]}, **LIMITS)
+
+
+def test_masks_of_many_requests_in_one_write_equal_each_alone(rng):
+    """The masking processors of requests with different parameters and lengths, marked into one
+    Masks with row offsets and written once, give each request's rows what its chain gives them
+    alone (engine/sampler.py's batched path against `apply`)."""
+    settings = [
+        dict(no_repeat_ngram_size=2, min_new_tokens=6),
+        dict(min_length=4, forced_bos_token_id=7),
+        dict(forced_eos_token_id=3, no_repeat_ngram_size=3),
+        dict(),
+        dict(min_new_tokens=2, forced_bos_token_id=5, forced_eos_token_id=9, max_new_tokens=1),
+    ]
+    for _ in range(20):
+        masks, parts, want, start = ours.Masks(), [], [], 0
+        for setting in settings:
+            params = GenerationParams(
+                **{"max_new_tokens": 8, **setting}, eos_token_id=(2, 4), decoder_start_token_id=2
+            )
+            chain = ours.build(params)
+            pre, masking, post = ours.split(chain)
+            assert pre == [] and post == [] and masking == chain
+            rows, length = int(rng.integers(1, 4)), int(rng.integers(1, 10))
+            ids, scores = random_case(rng, rows, length)
+            for processor in masking:
+                processor.mark(ids.numpy(), masks, start)
+            parts.append(scores)
+            want.append(ours.apply(masking, ids, scores.clone()))
+            start += rows
+        got = masks.apply(torch.cat(parts))
+        torch.testing.assert_close(got, torch.cat(want), rtol=0, atol=0)
+
+
+def test_split_keeps_transformers_order():
+    params = GenerationParams(max_new_tokens=8, eos_token_id=(2,), decoder_start_token_id=2,
+                              repetition_penalty=1.2, min_new_tokens=3, do_sample=True,
+                              temperature=0.5, top_k=4)  # fmt: skip
+    pre, masking, post = ours.split(ours.build(params))
+    assert [type(p).__name__ for p in pre + masking + post] == [
+        "RepetitionPenalty", "SuppressEosBelow", "Temperature", "TopK"
+    ]  # fmt: skip
+    assert len(pre) == 1 and len(masking) == 1
+    with pytest.raises(ValueError, match="consecutive"):
+        ours.split([ours.NoRepeatNGram(3), ours.Temperature(2.0), ours.NoRepeatNGram(2)])
