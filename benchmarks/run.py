@@ -11,7 +11,7 @@ from pathlib import Path
 
 from ledserve.benchmarks import floors, machine, measure, overlap
 from ledserve.benchmarks.report import markdown, plots
-from ledserve.manifest import MANIFEST, Manifest
+from ledserve.manifest import Manifest, ManifestError
 
 FULL = dict(
     lengths=[512, 1024, 2048, 4096, 8192, 16384],
@@ -81,8 +81,10 @@ def prepare(args) -> tuple[str, dict[str, Path]]:
     folders = {}
     for dtype in args.dtypes:
         folder = args.workdir / f"artifacts-{dtype}"
-        if not (folder / MANIFEST).exists():
-            _say(f"exporting {dtype} to {folder}")
+        try:
+            Manifest.read(folder)  # reused when this ledserve reads it
+        except ManifestError as e:
+            _say(f"exporting {dtype} to {folder} ({e})")
             export_model(ExportConfig(model=str(checkpoint), output=folder, dtype=dtype,
                                       validate=True, force=True))  # fmt: skip
         folders[dtype] = folder
