@@ -1,10 +1,11 @@
-"""The Engine: owns the sessions and the scheduler, and runs the decode loop.
+"""The Engine: owns the sessions and the scheduler, runs the decode loop, and is the public API.
 
-Every step admits waiting requests (handing them, batched by length, to the encoder thread of
-engine/encoder.py), takes in the requests whose encoding finished, runs the decoder once for every
-live row (engine/batch.py), applies each request's own processors and search, emits settled
-tokens and retires finished or cancelled requests. `generate` and `stream` drive the loop
-themselves when no loop thread runs.
+Every step follows the scheduler's plan (engine/scheduler.py): admitted requests go, batched by
+length, to the encoder thread (engine/encoder.py), those whose encoding finished join the decode
+batch (engine/batch.py), one decoder run covers every live row, tokens are chosen
+(engine/sampler.py for greedy and sampling, engine/beam.py per beam request), settled tokens are
+emitted, and the scheduler ends finished, failed and cancelled requests. `generate` and `stream`
+drive the loop themselves when no loop thread runs.
 """
 
 import functools
@@ -18,7 +19,7 @@ from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.batch import DecodeBatch
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.encoder import EncoderWorker
-from ledserve.engine.errors import Failure, InvalidRequest, failure_of
+from ledserve.engine.errors import InvalidRequest
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
@@ -69,7 +70,6 @@ class Engine:
         self.vocab_size = manifest.model.vocab_size
         self.scheduler = Scheduler(config.max_rows, config.max_queue, config.max_encoder_tokens,
                                    config.max_encoder_batch_tokens)  # fmt: skip
-        self.running: list[Request] = []
         self._batch: DecodeBatch | None = None  # while requests decode
         self._wake = threading.Event()
         self.encoder = EncoderWorker(self._encode, self._wake)
@@ -91,7 +91,7 @@ class Engine:
     # -- requests -------------------------------------------------------------------------
     def params(self, **overrides) -> GenerationParams:
         return GenerationParams.build(
-            self.defaults, self.max_new_tokens, self.config.max_beams, **overrides
+            self.defaults, self.max_new_tokens, self.config.max_beams, self.vocab_size, **overrides
         )
 
     def submit(self, input_ids, global_attention_mask=None, events=None, **params) -> Request:
@@ -141,48 +141,35 @@ class Engine:
         return self.scheduler.waiting
 
     @property
+    def running(self) -> list[Request]:
+        """Requests decoding, in the decode batch's order."""
+        return self.scheduler.running
+
+    @property
     def encoding(self) -> list[Request]:
         """Admitted requests whose encoder batch has not finished."""
         return self.encoder.in_flight
 
     def step(self) -> bool:
         """One iteration; returns False when no decoder ran (nothing to do, or only encoding)."""
-        self._retire(cancelled_only=True)
-        self._admit()
-        self._collect()
-        if not self.running:
+        plan = self.scheduler.schedule(self.encoding, self.encoder.collect())
+        for batch in plan.encode:
+            self.encoder.submit(batch)
+        if not plan.decode:
             self._batch = None  # its caches go with the last request
             return False
         if self._batch is None:
             self._batch = DecodeBatch(self.runtime.device, self.config.max_encoder_tokens)
         try:
-            self._batch.update(self.running)
+            self._batch.update(plan.decode)
             self._decode(self._batch)
         except Exception as e:  # a failing decoder run ends its requests, not the engine
-            for r in self.running:
+            for r in plan.decode:
                 r.fail(e)
             self._batch = None
         self.steps += 1
-        self._retire()
+        self.scheduler.update(plan)
         return True
-
-    def _admit(self):
-        for batch in self.scheduler.admit(self.running + self.encoding):
-            self.encoder.submit(batch)
-
-    def _collect(self):
-        """Requests whose encoding finished join the running batch at this step boundary."""
-        for batch, error in self.encoder.collect():
-            for r in batch:
-                if error is not None:  # this batch's requests end; the engine goes on
-                    detail = f"encoder failed: {type(error).__name__}: {error}"
-                    r.end(failure_of(error), detail)
-                elif r.cancelled:
-                    r.end(Failure.CANCELLED, "cancelled")
-                else:
-                    self.running.append(r)
-                    continue
-                r.cache = r.cross = None
 
     def _encode(self, requests: list[Request]):
         """On the encoder thread: each request's cross K/V and empty self-attention cache."""
@@ -231,19 +218,6 @@ class Engine:
                 r.emit_progress()
         batch.advance(present, reorder)
 
-    def _retire(self, cancelled_only: bool = False):
-        keep = []
-        for r in self.running:
-            if r.cancelled or r.failed:
-                r.end(*(r.failed or (Failure.CANCELLED, "cancelled")))
-            elif r.search.done and not cancelled_only:
-                r.finish()
-            else:
-                keep.append(r)
-                continue
-            r.cache = r.cross = None
-        self.running = keep
-
     # -- driving the loop ------------------------------------------------------------------
     def start(self):
         """Run the loop on its own thread (a server's mode); `stop` ends it."""
@@ -263,9 +237,8 @@ class Engine:
             try:
                 busy = self.step()
             except Exception as e:  # a bug must not leave requests waiting forever
-                for r in self.running:
-                    r.end(Failure.ERROR, f"engine step failed: {type(e).__name__}: {e}")
-                self.running, self._batch = [], None
+                self.scheduler.drop(f"engine step failed: {type(e).__name__}: {e}")
+                self._batch = None
                 continue
             if not busy:
                 self.wait()

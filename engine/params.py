@@ -4,9 +4,21 @@ Defaults come from the exported generation_config (through the manifest); a requ
 them by name. Unknown or unsupported names are an error, never silently ignored.
 """
 
+import math
+import numbers
 from dataclasses import dataclass, fields
 
 from ledserve.engine.errors import InvalidRequest
+
+# Float ranges within which no score can overflow float32: logits stay far below 1e4, so a penalty
+# or 1 / temperature of at most 100 keeps them below 1e6, and a length penalty of at most 10 keeps
+# generated_length ** length_penalty below 1e31 for the 1,023 tokens an LED decoder can make.
+FLOAT_RANGES = {
+    "length_penalty": (-10.0, 10.0),
+    "repetition_penalty": (0.01, 100.0),
+    "temperature": (0.01, 100.0),
+}
+MAX_INT = 2**31 - 1  # the proto's int32 fields; no count or size may be larger
 
 # generation_config keys that do not change what is generated (or are handled elsewhere).
 _INERT = {"transformers_version", "_from_model_config", "bos_token_id", "use_cache", "max_length"}
@@ -41,7 +53,8 @@ class GenerationParams:
     forced_eos_token_id: int | None = None
 
     @classmethod
-    def build(cls, defaults: dict, max_new_tokens_limit: int, max_beams: int, **overrides):
+    def build(cls, defaults: dict, max_new_tokens_limit: int, max_beams: int,
+              vocab_size: int | None = None, **overrides):  # fmt: skip
         """Defaults (a generation_config dict) overridden by a request's parameters, validated."""
         names = {f.name for f in fields(cls)}
         values = {}
@@ -61,20 +74,47 @@ class GenerationParams:
         eos = values.get("eos_token_id", ())
         values["eos_token_id"] = (eos,) if isinstance(eos, int) else tuple(eos or ())
         params = cls(**values)
-        params.validate(max_new_tokens_limit, max_beams)
+        params.validate(max_new_tokens_limit, max_beams, vocab_size)
         return params
 
-    def validate(self, max_new_tokens_limit: int, max_beams: int):
+    def validate(self, max_new_tokens_limit: int, max_beams: int, vocab_size: int | None = None):
         def require(ok: bool, message: str):
             if not ok:
                 raise InvalidRequest(message)
+
+        for name, (low, high) in FLOAT_RANGES.items():
+            value = getattr(self, name)
+            require(
+                isinstance(value, numbers.Real) and math.isfinite(value) and low <= value <= high,
+                f"{name} must be between {low:g} and {high:g}, got {value!r}",
+            )
+        for name in ("min_new_tokens", "min_length", "no_repeat_ngram_size", "top_k"):
+            value = getattr(self, name)
+            require(
+                isinstance(value, numbers.Integral) and 0 <= value <= MAX_INT,
+                f"{name} must be between 0 and {MAX_INT}, got {value!r}",
+            )
+        seed = self.seed
+        require(
+            seed is None or (isinstance(seed, numbers.Integral) and 0 <= seed < 2**64),
+            f"seed must be between 0 and 2**64 - 1, got {seed!r}",
+        )
+        if vocab_size is not None:
+            for name in ("pad_token_id", "decoder_start_token_id", "forced_bos_token_id",
+                         "forced_eos_token_id", "eos_token_id"):  # fmt: skip
+                value = getattr(self, name)
+                ids = value if isinstance(value, tuple | list) else (value,)
+                valid = (isinstance(i, numbers.Integral) and 0 <= i < vocab_size for i in ids)
+                require(
+                    value is None or all(valid),
+                    f"{name} must hold token ids between 0 and {vocab_size - 1}, got {value!r}",
+                )
 
         limit = max_new_tokens_limit
         require(
             1 <= self.max_new_tokens <= limit,
             f"max_new_tokens must be between 1 and {limit}, got {self.max_new_tokens}",
         )
-        require(self.min_new_tokens >= 0, f"min_new_tokens must be >= 0, got {self.min_new_tokens}")
         require(
             1 <= self.num_beams <= max_beams,
             f"num_beams must be between 1 and {max_beams}, got {self.num_beams}",
@@ -83,17 +123,7 @@ class GenerationParams:
             self.early_stopping in (True, False, "never"),
             f'early_stopping must be true, false or "never", got {self.early_stopping!r}',
         )
-        require(
-            self.no_repeat_ngram_size >= 0,
-            f"no_repeat_ngram_size must be >= 0, got {self.no_repeat_ngram_size}",
-        )
-        require(
-            self.repetition_penalty > 0,
-            f"repetition_penalty must be > 0, got {self.repetition_penalty}",
-        )
-        require(self.temperature > 0, f"temperature must be > 0, got {self.temperature}")
         require(0 < self.top_p <= 1, f"top_p must be in (0, 1], got {self.top_p}")
-        require(self.top_k >= 0, f"top_k must be >= 0, got {self.top_k}")
         limit, bound = (max_beams, "max beams") if self.do_sample else (self.num_beams, "num_beams")
         require(
             1 <= self.num_return_sequences <= limit,

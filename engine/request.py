@@ -18,6 +18,17 @@ from ledserve.engine.search import Search, TokenSearch
 _ids = itertools.count()
 
 
+class State(enum.StrEnum):
+    WAITING = "waiting"
+    """Queued for admission."""
+    ENCODING = "encoding"
+    """Admitted: on the encoder thread."""
+    DECODING = "decoding"
+    """Its rows are in the decode batch."""
+    FINISHED = "finished"
+    """Its final event was sent (finished, failed or cancelled)."""
+
+
 class FinishReason(enum.StrEnum):
     STOP = "stop"
     """The sequence ended with EOS."""
@@ -45,6 +56,7 @@ class Request:
     global_attention_mask: np.ndarray  # [seq] int64
     params: GenerationParams
     id: int = field(default_factory=lambda: next(_ids))
+    state: State = State.WAITING
     search: Search = None
     cache: KVCache | None = None  # [rows] self-attention cache of the search's rows
     cross: list[torch.Tensor] | None = None  # per layer key, value: [1, heads, seq, head_dim]
@@ -84,6 +96,7 @@ class Request:
 
     def end(self, failure: Failure, error: str):
         """The final event of a request that did not finish: cancelled or failed."""
+        self.state = State.FINISHED
         self.mark("finished")
         self.events.put(
             Event(self.id, [], True, error=error, failure=failure, timings=self.timings())
@@ -130,6 +143,7 @@ class Request:
         ]
         if tail:
             self.mark("first_token")
+        self.state = State.FINISHED
         self.mark("finished")
         self.events.put(
             Event(self.id, tail, True, results, finish_reasons=reasons, timings=self.timings())

@@ -1,18 +1,29 @@
-"""Admission: the queue of waiting requests and the policy that lets them into the batch.
+"""The scheduler: the waiting queue, the running requests, and each step's plan.
 
-A request waits (bounded by `max_queue`) until the running and encoding requests leave room for
-its rows (`max_rows`) and its cross K/V (`max_encoder_tokens`, counted padded as the decoder reads
-them: requests x the longest input; a longer input still runs when it would be alone).
-Admitted requests go to the encoder in batches of similar lengths within
-`max_encoder_batch_tokens` padded tokens. First come, first served: one that does not fit stops
-those behind it.
+A request goes waiting -> encoding -> decoding -> finished (`Request.state`). It waits (bounded
+by `max_queue`) until the running and encoding requests leave room for its rows (`max_rows`) and
+its cross K/V (`max_encoder_tokens`, counted padded as the decoder reads them: requests x the
+longest input; a longer input still runs when it would be alone). Admitted requests go to the
+encoder in batches of similar lengths within `max_encoder_batch_tokens` padded tokens. First come,
+first served: one that does not fit stops those behind it. `schedule()` gives a step its plan;
+`update()` ends the requests the step finished, failed or saw cancelled.
 """
 
 import threading
 from collections import deque
+from dataclasses import dataclass
 
-from ledserve.engine.errors import CapacityExceeded, Failure
-from ledserve.engine.request import Request
+from ledserve.engine.errors import CapacityExceeded, Failure, failure_of
+from ledserve.engine.request import Request, State
+
+
+@dataclass
+class StepPlan:
+    encode: list[list[Request]]
+    """Requests admitted at this step, in encoder batches (for the encoder thread)."""
+    decode: list[Request]
+    """The requests whose rows this step's decoder run takes, in the decode batch's order (those
+    already decoding, then the ones that join)."""
 
 
 class Scheduler:
@@ -22,6 +33,7 @@ class Scheduler:
         self.max_encoder_tokens = max_encoder_tokens
         self.max_encoder_batch_tokens = max_encoder_batch_tokens
         self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []  # decoding, in the decode batch's order
         self.lock = threading.Lock()  # submit (any thread) against admit (the loop)
 
     def submit(self, request: Request):
@@ -29,6 +41,48 @@ class Scheduler:
             if len(self.waiting) >= self.max_queue:
                 raise CapacityExceeded(f"queue is full ({self.max_queue} waiting requests)")
             self.waiting.append(request)
+
+    def schedule(self, encoding: list[Request], encoded: list) -> StepPlan:
+        """The next step's plan. `encoding`: requests on the encoder thread; `encoded`: its
+        finished batches, (requests, error or None), whose requests join the decode batch."""
+        self._retire(cancelled_only=True)
+        for batch, error in encoded:
+            for r in batch:
+                if error is not None:  # this batch's requests end; the engine goes on
+                    _end(r, failure_of(error), f"encoder failed: {type(error).__name__}: {error}")
+                elif r.cancelled:
+                    _end(r, Failure.CANCELLED, "cancelled")
+                else:
+                    r.state = State.DECODING
+                    self.running.append(r)
+        return StepPlan(self.admit(self.running + encoding), list(self.running))
+
+    def update(self, plan: StepPlan) -> list[Request]:
+        """After the step's decoder run: its finished, failed and cancelled requests end and
+        leave the batch; returns them."""
+        return self._retire()
+
+    def drop(self, error: str) -> list[Request]:
+        """A failed step (a bug): every running request ends with `error`."""
+        dropped, self.running = self.running, []
+        for r in dropped:
+            _end(r, Failure.ERROR, error)
+        return dropped
+
+    def _retire(self, cancelled_only: bool = False) -> list[Request]:
+        keep, ended = [], []
+        for r in self.running:
+            if r.cancelled or r.failed:
+                _end(r, *(r.failed or (Failure.CANCELLED, "cancelled")))
+            elif r.search.done and not cancelled_only:
+                r.finish()
+                r.cache = r.cross = None
+            else:
+                keep.append(r)
+                continue
+            ended.append(r)
+        self.running = keep
+        return ended
 
     def admit(self, held: list[Request]) -> list[list[Request]]:
         """The waiting requests that fit beside `held` (running or encoding), as encoder batches;
@@ -40,7 +94,7 @@ class Scheduler:
             while self.waiting:
                 request = self.waiting[0]
                 if request.cancelled:
-                    self.waiting.popleft().end(Failure.CANCELLED, "cancelled")
+                    _end(self.waiting.popleft(), Failure.CANCELLED, "cancelled")
                     continue
                 fits_rows = rows + request.rows <= self.max_rows
                 padded = (count + 1) * max(longest, request.input_ids.size)
@@ -49,10 +103,17 @@ class Scheduler:
                 if not (fits_rows and (fits_tokens or alone)):
                     break
                 admitted.append(self.waiting.popleft())
+                request.state = State.ENCODING
                 request.mark("admitted")
                 rows, count = rows + request.rows, count + 1
                 longest = max(longest, request.input_ids.size)
         return by_length(admitted, self.max_encoder_batch_tokens)
+
+
+def _end(request: Request, failure: Failure, error: str):
+    """A request that ends without finishing releases its caches."""
+    request.end(failure, error)
+    request.cache = request.cross = None
 
 
 def by_length(requests: list[Request], max_tokens: int, slack: float = 1.25) -> list[list[Request]]:

@@ -16,10 +16,10 @@ from grpc_reflection.v1alpha import reflection
 
 from ledserve.engine.engine import Engine, EngineConfig
 from ledserve.engine.errors import EngineError
-from ledserve.proto.ledserve.v1 import ledserve_pb2, ledserve_pb2_grpc
+from ledserve.proto.ledserve.v1 import ledserve_pb2
 from ledserve.server.logs import log
 from ledserve.server.metrics import Metrics
-from ledserve.server.service import LedServeService
+from ledserve.server.service import LedServeService, add_to_server
 
 SERVICE = ledserve_pb2.DESCRIPTOR.services_by_name["LedServe"].full_name  # "ledserve.v1.LedServe"
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -28,7 +28,8 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 @dataclass(frozen=True)
 class ServerConfig:
-    artifacts: Path
+    artifacts: Path | None
+    """None: the embedded demo model, exported on first use once the port is open."""
     host: str = "127.0.0.1"
     port: int = 50051
     """0 picks a free port."""
@@ -67,7 +68,7 @@ class LedServer:
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
         ]
         self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=c.max_concurrent_rpcs)
-        ledserve_pb2_grpc.add_LedServeServicer_to_server(self.service, self._grpc)
+        add_to_server(self.service, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
         names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
         reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self._grpc)
@@ -87,9 +88,15 @@ class LedServer:
     async def load(self):
         """Load the artifacts, start the decode loop, run one warm-up request, then SERVING."""
         c = self.config
-        log("model.loading", artifacts=str(c.artifacts), device=c.device)
+        artifacts = c.artifacts
+        if artifacts is None:  # exporting the demo model takes seconds: health says NOT_SERVING
+            from ledserve.demo.model import default_artifacts
+
+            log("model.preparing_demo")
+            artifacts = await asyncio.to_thread(default_artifacts)
+        log("model.loading", artifacts=str(artifacts), device=c.device)
         engine = await asyncio.to_thread(
-            Engine.from_artifacts, c.artifacts, c.device, c.verify_artifacts, **vars(c.engine)
+            Engine.from_artifacts, artifacts, c.device, c.verify_artifacts, **vars(c.engine)
         )
         engine.start()
         prompt = await asyncio.to_thread(engine.prompts.build, "warm up?", "warm up.")

@@ -62,22 +62,11 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
 
-def _default_artifacts() -> Path:
-    """The embedded demo model's export (made on first use)."""
-    from ledserve.demo.model import default_artifacts
-    from ledserve.export.convert import ExportError
-
-    try:
-        return default_artifacts()
-    except ExportError as e:
-        raise ValueError(str(e)) from e
-
-
 def run(args: argparse.Namespace) -> int:
     configure(args.log_level)
     try:
         config = ServerConfig(
-            artifacts=args.artifacts or _default_artifacts(),
+            artifacts=args.artifacts,  # None: the demo model, prepared after listening
             host=args.host,
             port=args.port,
             device=args.device,

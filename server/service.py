@@ -12,10 +12,11 @@ import grpc
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest
 from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
-from ledserve.proto.ledserve.v1 import ledserve_pb2_grpc
 from ledserve.server import convert
 from ledserve.server.logs import log
 from ledserve.server.metrics import Metrics
+
+DEADLINE_SLACK = 0.25  # seconds
 
 
 class NotReady(Exception):
@@ -48,6 +49,57 @@ def _status(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
     return grpc.StatusCode.INTERNAL, f"internal error in request {request_id}; see the server log"
 
 
+class Unparsable:
+    """A request body that did not parse (malformed protobuf, or a string that is not UTF-8): the
+    handler refuses it with INVALID_ARGUMENT instead of gRPC's UNKNOWN."""
+
+    request_id = ""
+
+    def __init__(self, message_type, error: Exception):
+        self.kind, self.error = message_type.DESCRIPTOR.full_name, error
+
+    def refuse(self):
+        raise InvalidRequest(
+            f"the request body is not a valid {self.kind} (malformed protobuf, or a string "
+            "field that is not UTF-8)"
+        )
+
+
+def _parser(message_type):
+    def parse(data: bytes):
+        try:
+            return message_type.FromString(data)
+        except Exception as e:  # protobuf's DecodeError, among others
+            return Unparsable(message_type, e)
+
+    return parse
+
+
+def add_to_server(service: "LedServeService", server):
+    """Register the service, as the generated `add_LedServeServicer_to_server` does, with request
+    parsing that lets a bad body reach the handler (and so the status mapping, logs and metrics)."""
+    handlers = {
+        "Generate": grpc.unary_stream_rpc_method_handler(
+            service.Generate,
+            request_deserializer=_parser(pb.GenerateRequest),
+            response_serializer=pb.GenerateChunk.SerializeToString,
+        ),
+        "GenerateAll": grpc.unary_unary_rpc_method_handler(
+            service.GenerateAll,
+            request_deserializer=_parser(pb.GenerateRequest),
+            response_serializer=pb.GenerateResponse.SerializeToString,
+        ),
+        "DescribeModel": grpc.unary_unary_rpc_method_handler(
+            service.DescribeModel,
+            request_deserializer=_parser(pb.DescribeModelRequest),
+            response_serializer=pb.ModelInfo.SerializeToString,
+        ),
+    }
+    name = pb.DESCRIPTOR.services_by_name["LedServe"].full_name
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
+    server.add_registered_method_handlers(name, handlers)
+
+
 class _EventSink:
     """Engine thread -> event loop: `put` from the engine's thread lands in an asyncio.Queue."""
 
@@ -61,7 +113,7 @@ class _EventSink:
             pass
 
 
-class LedServeService(ledserve_pb2_grpc.LedServeServicer):
+class LedServeService:
     def __init__(self, metrics: Metrics):
         self.metrics = metrics
         self.engine = None  # set once the model is loaded and warmed up
@@ -101,6 +153,8 @@ class LedServeService(ledserve_pb2_grpc.LedServeServicer):
 
     async def DescribeModel(self, request, context):
         try:
+            if isinstance(request, Unparsable):
+                request.refuse()
             return convert.model_info(self._engine())
         except Exception as e:
             await self._abort("DescribeModel", "", e, context)
@@ -108,6 +162,9 @@ class LedServeService(ledserve_pb2_grpc.LedServeServicer):
     async def _chunks(self, request: pb.GenerateRequest, request_id: str):
         """Submit the request to the engine and yield its chunks, the summary last."""
         arrival = time.perf_counter()
+        if isinstance(request, Unparsable):
+            log("request.unparsable", request_id=request_id, detail=str(request.error))
+            request.refuse()
         engine = self._engine()
         job = convert.request_input(request)
         params = convert.parameters_to_kwargs(request.parameters)
@@ -190,7 +247,10 @@ class LedServeService(ledserve_pb2_grpc.LedServeServicer):
         await context.abort(code, message)
 
     def _cancelled(self, method: str, request_id: str, context):
-        expired = context.time_remaining() is not None and context.time_remaining() <= 0
+        # A client's deadline reaches the server as a cancellation that may arrive a little
+        # before the server's own copy of the deadline passes: near it counts as the deadline.
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= DEADLINE_SLACK
         code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"
         self.metrics.requests.labels(method, code).inc()
         log("request.cancelled", request_id=request_id, method=method, code=code)

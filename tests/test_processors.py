@@ -90,7 +90,7 @@ def test_build_follows_transformers_order(rng):
         torch.testing.assert_close(ours.apply(mine, ids, scores), want, rtol=1e-6, atol=1e-6)
 
 
-LIMITS = dict(max_new_tokens_limit=63, max_beams=8)
+LIMITS = dict(max_new_tokens_limit=63, max_beams=8, vocab_size=100)
 DEFAULTS = {"decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 20}
 
 
@@ -102,7 +102,19 @@ DEFAULTS = {"decoder_start_token_id": 2, "eos_token_id": 2, "max_length": 20}
         ({"max_new_tokens": 64}, "max_new_tokens must be between 1 and 63, got 64"),
         ({"top_p": 0.0}, r"top_p must be in \(0, 1\], got 0.0"),
         ({"top_p": 1.5}, r"top_p must be in \(0, 1\], got 1.5"),
-        ({"temperature": -1.0}, "temperature must be > 0, got -1.0"),
+        ({"temperature": -1.0}, "temperature must be between 0.01 and 100, got -1.0"),
+        ({"temperature": 1e-45}, "temperature must be between 0.01 and 100, got 1e-45"),
+        ({"temperature": float("inf")}, "temperature must be between 0.01 and 100, got inf"),
+        ({"repetition_penalty": 1e-40}, "repetition_penalty must be between 0.01 and 100"),
+        ({"length_penalty": 1100.0}, "length_penalty must be between -10 and 10, got 1100.0"),
+        ({"length_penalty": float("nan")}, "length_penalty must be between -10 and 10, got nan"),
+        ({"length_penalty": float("-inf")}, "length_penalty must be between -10 and 10"),
+        ({"top_p": float("nan")}, r"top_p must be in \(0, 1\], got nan"),
+        ({"top_k": 2**40}, "top_k must be between 0 and 2147483647"),
+        ({"min_new_tokens": -1}, "min_new_tokens must be between 0 and 2147483647, got -1"),
+        ({"seed": -3}, r"seed must be between 0 and 2\*\*64 - 1, got -3"),
+        ({"forced_bos_token_id": 500}, "forced_bos_token_id must hold token ids between 0 and 99"),
+        ({"eos_token_id": [2, -1]}, "eos_token_id must hold token ids between 0 and 99"),
         ({"early_stopping": "sometimes"}, "early_stopping must be"),
         (
             {"num_return_sequences": 3, "num_beams": 2},

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from ledserve.engine.cross_cache import CrossCache
-from ledserve.engine.errors import CapacityExceeded
+from ledserve.engine.errors import CapacityExceeded, Failure
+from ledserve.engine.request import State
 from ledserve.engine.scheduler import Scheduler, by_length
 
 ids = itertools.count()
@@ -25,8 +26,20 @@ class Fake:
         self.cross = [torch.full(shape, float(self.id)) for _ in range(2 * layers)]
         self.value = float(self.id)
 
+        self.failed, self.state, self.search, self.ended = None, State.WAITING, Done(), None
+
     def mark(self, _):
         pass
+
+    def end(self, failure, error):
+        self.state, self.ended = State.FINISHED, (failure, error)
+
+    def finish(self):
+        self.state, self.ended = State.FINISHED, "finished"
+
+
+class Done:
+    done = False
 
 
 def test_admission_counts_cross_tokens_padded_to_the_longest():
@@ -53,6 +66,28 @@ def test_admission_rows_queue_and_a_long_input_alone():
     (first,) = scheduler.admit([])
     assert first[0].input_ids.size == 500 and len(scheduler.waiting) == 1
     assert scheduler.admit([Fake(10, rows=1)]) == []  # 1 + 4 rows > 4
+
+
+def test_a_request_goes_waiting_encoding_decoding_finished():
+    scheduler = Scheduler(max_rows=8, max_queue=10, max_encoder_tokens=1000,
+                          max_encoder_batch_tokens=10_000)  # fmt: skip
+    a, b, c, d = Fake(10), Fake(11), Fake(12), Fake(13)
+    for r in (a, b, c, d):
+        scheduler.submit(r)
+    d.cancelled = True  # while waiting
+    plan = scheduler.schedule([], [])
+    assert plan.encode == [[a, b, c]] and plan.decode == []
+    assert [r.state for r in (a, b, c)] == [State.ENCODING] * 3
+    assert d.state is State.FINISHED and d.ended == (Failure.CANCELLED, "cancelled")
+    plan = scheduler.schedule([], [([a, b], None), ([c], MemoryError("out of memory"))])
+    assert plan.encode == [] and plan.decode == [a, b]
+    assert a.state is State.DECODING and c.ended[0] is Failure.OUT_OF_MEMORY
+    assert "encoder failed: MemoryError" in c.ended[1]
+    a.search = Done()
+    a.search.done = True
+    b.failed = (Failure.ERROR, "a bug")
+    assert scheduler.update(plan) == [a, b] and scheduler.running == []
+    assert a.ended == "finished" and b.ended == (Failure.ERROR, "a bug")
 
 
 def test_encoder_batches_group_similar_lengths_within_the_token_limit():

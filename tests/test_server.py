@@ -181,7 +181,13 @@ def test_deadline_ends_the_request(served, client, slow_decode):
         (dict(question=" ", context="text"), r"question must not be empty"),
         (dict(max_new_tokens=500), r"max_new_tokens must be between 1 and 63, got 500"),
         (dict(num_beams=9), r"num_beams must be between 1 and 8, got 9"),
-        (dict(temperature=-1.0), r"temperature must be > 0, got -1"),
+        (dict(temperature=-1.0), r"temperature must be between 0.01 and 100, got -1"),
+        (dict(do_sample=True, temperature=1e-45), r"temperature must be between 0.01 and 100"),
+        (dict(do_sample=True, temperature=float("inf")), r"temperature must be between"),
+        (dict(repetition_penalty=1e-40), r"repetition_penalty must be between 0.01 and 100"),
+        (dict(num_beams=2, length_penalty=1100.0), r"length_penalty must be between -10 and 10"),
+        (dict(length_penalty=float("nan")), r"length_penalty must be between -10 and 10, got nan"),
+        (dict(length_penalty=float("-inf")), r"length_penalty must be between -10 and 10"),
         (dict(top_p=1.5), r"top_p must be in \(0, 1\], got 1.5"),
         (
             dict(num_beams=2, num_return_sequences=3),
@@ -235,6 +241,30 @@ def test_raw_proto_errors_are_invalid_argument(client):
                 rpc(request)
             assert refused.value.code() == INVALID
             assert re.search(message, refused.value.details())
+
+
+def test_bodies_that_do_not_parse_are_invalid_argument(served, client):
+    """Random bytes, and a string field holding invalid UTF-8, reach the handler and are refused
+    like any other bad request (not gRPC's UNKNOWN), for every method; counted in the metrics."""
+    channel = grpc.insecure_channel(f"127.0.0.1:{served.port}")
+    invalid_utf8 = bytes([0x0A, 2, 0xC3, 0x28])  # field 1 (request_id), 2 bytes, not UTF-8
+    before = served.server.metrics.requests.labels("GenerateAll", "INVALID_ARGUMENT")._value.get()
+    for method in ("Generate", "GenerateAll", "DescribeModel"):
+        # DescribeModelRequest has no fields: field 1 is an unknown one there, which parses.
+        bodies = [b"\xff\xff\xff\xff"] + ([invalid_utf8] if method != "DescribeModel" else [])
+        for body in bodies:
+            call = f"/ledserve.v1.LedServe/{method}"
+            rpc = channel.unary_stream(call) if method == "Generate" else channel.unary_unary(call)
+            with pytest.raises(grpc.RpcError) as refused:
+                result = rpc(body, timeout=10)
+                if method == "Generate":
+                    list(result)
+            assert refused.value.code() == INVALID, (method, body, refused.value)
+            assert "is not a valid ledserve.v1." in refused.value.details()
+    after = served.server.metrics.requests.labels("GenerateAll", "INVALID_ARGUMENT")._value.get()
+    assert after == before + 2
+    channel.close()
+    assert client.generate("still there?", "yes.", max_new_tokens=2).summary.usage.generated_tokens
 
 
 def test_full_queue_is_resource_exhausted(served_model, monkeypatch):
