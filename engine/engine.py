@@ -41,6 +41,12 @@ class EngineConfig:
     max_encoder_tokens: int = 65536
     """Input tokens whose cross K/V the engine holds at once, counted padded as every decoder
     run reads them: live requests x the longest live input (a longer input runs alone)."""
+    max_client_rows: int | None = None
+    """Decoder rows the requests of one client (Request.client) may hold at once, so that one
+    client cannot take every row while others wait; None: max_rows."""
+    max_global_tokens: int = 512
+    """Tokens one input may mark as global (each attends to, and is attended by, the whole
+    input: 4,096 of them made an input 10-50x slower and 3 GB larger); more is refused."""
     max_encoder_batch_tokens: int = 8192
     """Padded input tokens in one encoder run (bounds the encoder's activation memory, ~0.1 MB
     per token and layer for LED-base's attention scores); a longer single input runs alone."""
@@ -50,10 +56,16 @@ class EngineConfig:
 
     def __post_init__(self):
         for name in (
-            "max_rows", "max_queue", "max_beams", "max_encoder_tokens", "max_encoder_batch_tokens"
+            "max_rows", "max_queue", "max_beams", "max_encoder_tokens", "max_encoder_batch_tokens",
+            "max_global_tokens",
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_client_rows is not None and not 1 <= self.max_client_rows <= self.max_rows:
+            raise ValueError(
+                f"max_client_rows must be between 1 and max_rows ({self.max_rows}), "
+                f"got {self.max_client_rows}"
+            )
 
 
 class Engine:
@@ -69,7 +81,8 @@ class Engine:
         self.max_new_tokens = manifest.model.max_decoder_positions - 1
         self.vocab_size = manifest.model.vocab_size
         self.scheduler = Scheduler(config.max_rows, config.max_queue, config.max_encoder_tokens,
-                                   config.max_encoder_batch_tokens)  # fmt: skip
+                                   config.max_encoder_batch_tokens,
+                                   config.max_client_rows)  # fmt: skip
         self._batch: DecodeBatch | None = None  # while requests decode
         self._wake = threading.Event()
         self.encoder = EncoderWorker(self._encode, self._wake)
@@ -94,9 +107,11 @@ class Engine:
             self.defaults, self.max_new_tokens, self.config.max_beams, self.vocab_size, **overrides
         )
 
-    def submit(self, input_ids, global_attention_mask=None, events=None, **params) -> Request:
+    def submit(self, input_ids, global_attention_mask=None, events=None, client=None,
+               **params) -> Request:  # fmt: skip
         """Queue one input (token ids) for generation. `events` receives the request's Events
-        (anything with `put`; a fresh queue.Queue by default)."""
+        (anything with `put`; a fresh queue.Queue by default); `client` names its sender for
+        fair admission (max_client_rows)."""
         ids = np.asarray(input_ids, dtype=np.int64)
         if ids.ndim != 1 or ids.size == 0:
             raise InvalidRequest("input_ids must be a non-empty list of token ids")
@@ -118,12 +133,20 @@ class Engine:
             raise InvalidRequest("global_attention_mask must have the length of input_ids")
         if not np.isin(glob, (0, 1)).all():
             raise InvalidRequest("global_attention_mask values must be 0 or 1")
+        if glob.sum() > self.config.max_global_tokens:
+            raise InvalidRequest(
+                f"global_attention_mask marks {glob.sum()} tokens as global; the limit is "
+                f"{self.config.max_global_tokens} (max_global_tokens)"
+            )
         request = Request(ids, glob, self.params(**params), diagnostics=self.config.diagnostics)
+        request.client = client
         if events is not None:
             request.events = events
-        if request.rows > self.config.max_rows:
+        name = "max_client_rows" if self.config.max_client_rows else "max_rows"
+        if request.rows > getattr(self.config, name):
             raise InvalidRequest(
-                f"request needs {request.rows} rows; max_rows is {self.config.max_rows}"
+                f"request needs {request.rows} rows (beams or returned sequences); "
+                f"{name} is {getattr(self.config, name)}"
             )
         self.scheduler.submit(request)
         self._wake.set()

@@ -50,13 +50,14 @@ class Event:
     timings: dict[str, float] | None = None  # on the final event: see Request.timings
 
 
-@dataclass
+@dataclass(eq=False)  # an entity: equal only to itself (its fields hold arrays)
 class Request:
     input_ids: np.ndarray  # [seq] int64
     global_attention_mask: np.ndarray  # [seq] int64
     params: GenerationParams
     id: int = field(default_factory=lambda: next(_ids))
     state: State = State.WAITING
+    client: str | None = None  # who sent it (the server's client identity), for fair admission
     search: Search = None
     cache: KVCache | None = None  # [rows] self-attention cache of the search's rows
     cross: list[torch.Tensor] | None = None  # per layer key, value: [1, heads, seq, head_dim]

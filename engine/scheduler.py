@@ -4,13 +4,18 @@ A request goes waiting -> encoding -> decoding -> finished (`Request.state`). It
 by `max_queue`) until the running and encoding requests leave room for its rows (`max_rows`) and
 its cross K/V (`max_encoder_tokens`, counted padded as the decoder reads them: requests x the
 longest input; a longer input still runs when it would be alone). Admitted requests go to the
-encoder in batches of similar lengths within `max_encoder_batch_tokens` padded tokens. First come,
-first served: one that does not fit stops those behind it. `schedule()` gives a step its plan;
-`update()` ends the requests the step finished, failed or saw cancelled.
+encoder in batches of similar lengths within `max_encoder_batch_tokens` padded tokens.
+
+Fairness across clients (`Request.client`): the next request admitted is the first waiting one
+of the client that holds the fewest rows, and a client's requests never hold more than
+`max_client_rows` rows (a capped client's requests wait without holding up other clients').
+Otherwise first come, first served: a request that does not fit stops those behind it, so a large
+request is not starved by small ones. `schedule()` gives a step its plan; `update()` ends the
+requests the step finished, failed or saw cancelled.
 """
 
 import threading
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 from ledserve.engine.errors import CapacityExceeded, Failure, failure_of
@@ -28,8 +33,9 @@ class StepPlan:
 
 class Scheduler:
     def __init__(self, max_rows: int, max_queue: int, max_encoder_tokens: int,
-                 max_encoder_batch_tokens: int):  # fmt: skip
+                 max_encoder_batch_tokens: int, max_client_rows: int | None = None):  # fmt: skip
         self.max_rows, self.max_queue = max_rows, max_queue
+        self.max_client_rows = max_client_rows or max_rows
         self.max_encoder_tokens = max_encoder_tokens
         self.max_encoder_batch_tokens = max_encoder_batch_tokens
         self.waiting: deque[Request] = deque()
@@ -89,24 +95,34 @@ class Scheduler:
         cancelled ones end here."""
         rows, count = sum(r.rows for r in held), len(held)
         longest = max((r.input_ids.size for r in held), default=0)
+        by_client = Counter()  # rows held per client
+        for r in held:
+            by_client[r.client] += r.rows
         admitted = []
         with self.lock:
-            while self.waiting:
-                request = self.waiting[0]
-                if request.cancelled:
-                    _end(self.waiting.popleft(), Failure.CANCELLED, "cancelled")
-                    continue
+            for r in [r for r in self.waiting if r.cancelled]:
+                self.waiting.remove(r)
+                _end(r, Failure.CANCELLED, "cancelled")
+            while True:
+                allowed = [
+                    r for r in self.waiting if by_client[r.client] + r.rows <= self.max_client_rows
+                ]
+                if not allowed:
+                    break
+                request = min(allowed, key=lambda r: by_client[r.client])  # the first of ties
                 fits_rows = rows + request.rows <= self.max_rows
                 padded = (count + 1) * max(longest, request.input_ids.size)
                 fits_tokens = padded <= self.max_encoder_tokens
                 alone = not held and not admitted  # a long input still runs, by itself
                 if not (fits_rows and (fits_tokens or alone)):
                     break
-                admitted.append(self.waiting.popleft())
+                self.waiting.remove(request)
+                admitted.append(request)
                 request.state = State.ENCODING
                 request.mark("admitted")
                 rows, count = rows + request.rows, count + 1
                 longest = max(longest, request.input_ids.size)
+                by_client[request.client] += request.rows
         return by_length(admitted, self.max_encoder_batch_tokens)
 
 

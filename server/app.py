@@ -19,6 +19,7 @@ from ledserve.engine.errors import EngineError
 from ledserve.proto.ledserve.v1 import ledserve_pb2
 from ledserve.server.logs import log
 from ledserve.server.metrics import Metrics
+from ledserve.server.security import TokenAuth, server_credentials
 from ledserve.server.service import LedServeService, add_to_server
 
 SERVICE = ledserve_pb2.DESCRIPTOR.services_by_name["LedServe"].full_name  # "ledserve.v1.LedServe"
@@ -44,17 +45,38 @@ class ServerConfig:
     max_message_bytes: int = 16 << 20
     verify_artifacts: bool = True
     """Check every artifact file's sha256 at load (seconds for a large model)."""
+    tls_cert: Path | None = None
+    """PEM certificate chain: the port speaks TLS (with tls_key)."""
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    """PEM CA certificate: clients must present a certificate it signed (mutual TLS)."""
+    auth_tokens: dict[str, str] | None = None
+    """token -> client name (server/security.py read_tokens); every RPC but the health service's
+    needs `authorization: Bearer TOKEN`."""
+    reflection: bool = True
+    max_requests_per_client: int | None = None
+    """RPCs one client (token name, else peer host) may have in flight; None: no limit."""
 
     def __post_init__(self):
         if self.grace_seconds < 0 or self.max_concurrent_rpcs < 1 or self.max_message_bytes < 1:
             raise ValueError("grace_seconds >= 0, max_concurrent_rpcs >= 1, max_message_bytes >= 1")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("--tls-cert and --tls-key go together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ValueError("--tls-client-ca needs --tls-cert and --tls-key (mutual TLS)")
+        if self.max_requests_per_client is not None and self.max_requests_per_client < 1:
+            raise ValueError(
+                f"max_requests_per_client must be >= 1, got {self.max_requests_per_client}"
+            )
 
 
 class LedServer:
     def __init__(self, config: ServerConfig, metrics: Metrics | None = None):
         self.config = config
         self.metrics = metrics or Metrics()
-        self.service = LedServeService(self.metrics)
+        self.service = LedServeService(
+            self.metrics, config.auth_tokens, config.max_requests_per_client
+        )
         self.health = health_aio.HealthServicer()
         self.port = self.metrics_port = None
         self._grpc = self._metrics_http = None
@@ -67,22 +89,40 @@ class LedServer:
             ("grpc.max_send_message_length", c.max_message_bytes),
             ("grpc.so_reuseport", 0),  # a second server on a taken port must fail, not share it
         ]
-        self._grpc = grpc.aio.server(options=options, maximum_concurrent_rpcs=c.max_concurrent_rpcs)
+        interceptors = []
+        if c.auth_tokens:
+            refused = self.metrics.requests.labels
+            interceptors.append(
+                TokenAuth(c.auth_tokens, lambda m: refused(m, "UNAUTHENTICATED").inc())
+            )
+        self._grpc = grpc.aio.server(
+            options=options,
+            maximum_concurrent_rpcs=c.max_concurrent_rpcs,
+            interceptors=interceptors,
+        )
         add_to_server(self.service, self._grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._grpc)
-        names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
-        reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self._grpc)
+        if c.reflection:
+            names = (SERVICE, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
+            reflection.enable_server_reflection((*names, reflection.SERVICE_NAME), self._grpc)
         for name in ("", SERVICE):
             await self.health.set(name, NOT_SERVING)
+        address = f"{c.host}:{c.port}"
         try:
-            self.port = self._grpc.add_insecure_port(f"{c.host}:{c.port}")
+            if c.tls_cert is not None:
+                credentials = server_credentials(c.tls_cert, c.tls_key, c.tls_client_ca)
+                self.port = self._grpc.add_secure_port(address, credentials)
+            else:
+                self.port = self._grpc.add_insecure_port(address)
         except RuntimeError as e:  # grpc's "Failed to bind"
-            raise OSError(f"could not listen on {c.host}:{c.port} (in use?)") from e
+            raise OSError(f"could not listen on {address} (in use?)") from e
         await self._grpc.start()
         if c.metrics_port is not None:
             self._metrics_http = self.metrics.serve_http(c.host, c.metrics_port)
             self.metrics_port = self._metrics_http.server_port
-        log("server.listening", host=c.host, port=self.port, metrics_port=self.metrics_port)
+        log("server.listening", host=c.host, port=self.port, metrics_port=self.metrics_port,
+            tls=c.tls_cert is not None, mutual_tls=c.tls_client_ca is not None,
+            auth=bool(c.auth_tokens), reflection=c.reflection)  # fmt: skip
         return self.port
 
     async def load(self):
@@ -133,7 +173,7 @@ async def serve(config: ServerConfig) -> int:
         loop.add_signal_handler(signum, stop.set)
     try:
         await server.start()
-    except OSError as e:
+    except (OSError, ValueError) as e:  # a taken port, an unreadable certificate
         log("server.start_failed", logging.ERROR, message=str(e))
         return 2
     try:

@@ -3,6 +3,7 @@ summary to stderr. Imports only grpcio and protobuf (never torch or onnxruntime)
 quickly on any machine."""
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -39,6 +40,12 @@ def add_arguments(parser: argparse.ArgumentParser):
         help="an over-long input: cut the context's end, or refuse it",
     )
     parser.add_argument("--timeout", type=float, help="deadline in seconds")
+    parser.add_argument("--tls-ca", type=Path, help="speak TLS, trusting this PEM CA")
+    parser.add_argument("--tls-cert", type=Path, help="the client's PEM certificate (mutual TLS)")
+    parser.add_argument("--tls-key", type=Path, help="the client's PEM key (mutual TLS)")
+    parser.add_argument(
+        "--token", help="sent as `authorization: Bearer TOKEN` (default: $LEDSERVE_TOKEN)"
+    )
     parser.add_argument("--request-id", default="")
     for name, kind in _numeric_parameters():
         parser.add_argument("--" + name.replace("_", "-"), type=kind)
@@ -63,7 +70,14 @@ def run(args: argparse.Namespace) -> int:
     parameters["do_sample"] = args.do_sample
     if args.early_stopping:
         parameters["early_stopping"] = _EARLY_STOPPING[args.early_stopping]
-    with Client(args.server) as client:
+    token = args.token or os.environ.get("LEDSERVE_TOKEN") or None
+    try:
+        client = Client(args.server, tls_ca=args.tls_ca, tls_cert=args.tls_cert,
+                        tls_key=args.tls_key, token=token)  # fmt: skip
+    except (OSError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    with client:
         text = print_answer(
             client,
             args.question,

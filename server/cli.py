@@ -10,6 +10,7 @@ from ledserve.engine.engine import EngineConfig
 from ledserve.server.app import ServerConfig
 from ledserve.server.app import serve as run_server
 from ledserve.server.logs import configure
+from ledserve.server.security import read_tokens
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -47,6 +48,12 @@ def add_arguments(parser: argparse.ArgumentParser):
         default=defaults.max_encoder_batch_tokens,
         help="padded input tokens in one encoder run (bounds its activation memory)",
     )
+    parser.add_argument(
+        "--max-global-tokens",
+        type=int,
+        default=defaults.max_global_tokens,
+        help="tokens one input may mark global (the question's, for documents)",
+    )
     parser.add_argument("--max-concurrent-rpcs", type=int, default=1024)
     parser.add_argument("--max-message-bytes", type=int, default=16 << 20)
     parser.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics here")
@@ -59,12 +66,35 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument(
         "--no-verify", action="store_true", help="skip the artifacts' sha256 check at load"
     )
+    parser.add_argument(
+        "--max-rows-per-client",
+        type=int,
+        help="decoder rows one client's requests may hold (default: half of --max-rows)",
+    )
+    parser.add_argument(
+        "--max-requests-per-client", type=int, help="RPCs one client may have in flight"
+    )
+    parser.add_argument("--tls-cert", type=Path, help="PEM certificate chain: serve over TLS")
+    parser.add_argument("--tls-key", type=Path, help="PEM private key of --tls-cert")
+    parser.add_argument(
+        "--tls-client-ca", type=Path, help="PEM CA: clients must present a certificate it signed"
+    )
+    parser.add_argument(
+        "--auth-token-file",
+        type=Path,
+        help="`name:token` lines; every RPC but health needs `authorization: Bearer TOKEN`",
+    )
+    parser.add_argument("--no-reflection", action="store_true", help="no gRPC reflection service")
     parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning"))
 
 
 def run(args: argparse.Namespace) -> int:
     configure(args.log_level)
     try:
+        tokens = read_tokens(args.auth_token_file) if args.auth_token_file else None
+        client_rows = args.max_rows_per_client
+        if client_rows is None:  # room for a second client, and for one request of max_beams
+            client_rows = min(max(args.max_rows // 2, args.max_beams), args.max_rows)
         config = ServerConfig(
             artifacts=args.artifacts,  # None: the demo model, prepared after listening
             host=args.host,
@@ -76,12 +106,20 @@ def run(args: argparse.Namespace) -> int:
                 max_beams=args.max_beams,
                 max_encoder_tokens=args.max_encoder_tokens,
                 max_encoder_batch_tokens=args.max_encoder_batch_tokens,
+                max_client_rows=client_rows,
+                max_global_tokens=args.max_global_tokens,
             ),
             metrics_port=args.metrics_port,
             grace_seconds=args.grace_seconds,
             max_concurrent_rpcs=args.max_concurrent_rpcs,
             max_message_bytes=args.max_message_bytes,
             verify_artifacts=not args.no_verify,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+            tls_client_ca=args.tls_client_ca,
+            auth_tokens=tokens,
+            reflection=not args.no_reflection,
+            max_requests_per_client=args.max_requests_per_client,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)

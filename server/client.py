@@ -3,6 +3,7 @@ the model, wait until the server is SERVING. Needs neither torch nor onnxruntime
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -46,25 +47,40 @@ def build_request(
 
 
 class Client:
-    def __init__(self, target: str, max_message_bytes: int = 16 << 20):
+    def __init__(self, target: str, max_message_bytes: int = 16 << 20, *,
+                 tls_ca: Path | None = None, tls_cert: Path | None = None,
+                 tls_key: Path | None = None, token: str | None = None):  # fmt: skip
+        """`tls_ca`: speak TLS, trusting this PEM CA (tls_cert / tls_key: the client's own
+        certificate, for mutual TLS); `token`: sent as `authorization: Bearer TOKEN`."""
         options = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
-        self.channel = grpc.insecure_channel(target, options=options)
+        if tls_ca is None and (tls_cert or tls_key):
+            raise ValueError("a client certificate needs tls_ca (the server's CA)")
+        if tls_ca is None:
+            self.channel = grpc.insecure_channel(target, options=options)
+        else:
+            read = lambda path: Path(path).read_bytes() if path else None  # noqa: E731
+            credentials = grpc.ssl_channel_credentials(read(tls_ca), read(tls_key), read(tls_cert))
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        self.metadata = [("authorization", f"Bearer {token}")] if token else None
         self.stub = ledserve_pb2_grpc.LedServeStub(self.channel)
         self.health = health_pb2_grpc.HealthStub(self.channel)
 
     def stream(self, *args, timeout: float | None = None, **kwargs) -> Iterator[pb.GenerateChunk]:
         """Chunks as they are generated, the summary on the last; arguments as build_request.
         Stopping the iteration early (or `.cancel()` on the returned call) cancels the request."""
-        return self.stub.Generate(build_request(*args, **kwargs), timeout=timeout)
+        request = build_request(*args, **kwargs)
+        return self.stub.Generate(request, timeout=timeout, metadata=self.metadata)
 
     def generate(self, *args, timeout: float | None = None, **kwargs) -> pb.GenerateResponse:
-        return self.stub.GenerateAll(build_request(*args, **kwargs), timeout=timeout)
+        request = build_request(*args, **kwargs)
+        return self.stub.GenerateAll(request, timeout=timeout, metadata=self.metadata)
 
     def describe(self, timeout: float | None = None) -> pb.ModelInfo:
-        return self.stub.DescribeModel(pb.DescribeModelRequest(), timeout=timeout)
+        request = pb.DescribeModelRequest()
+        return self.stub.DescribeModel(request, timeout=timeout, metadata=self.metadata)
 
     def serving(self) -> bool:
         try:

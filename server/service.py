@@ -3,6 +3,7 @@ submission; its events become chunks. Errors become status codes in `_status` an
 clients never see a stack trace."""
 
 import asyncio
+import contextlib
 import logging
 import time
 import uuid
@@ -15,6 +16,7 @@ from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 from ledserve.server import convert
 from ledserve.server.logs import log
 from ledserve.server.metrics import Metrics
+from ledserve.server.security import client_identity
 
 DEADLINE_SLACK = 0.25  # seconds
 
@@ -114,9 +116,30 @@ class _EventSink:
 
 
 class LedServeService:
-    def __init__(self, metrics: Metrics):
+    def __init__(self, metrics: Metrics, tokens: dict[str, str] | None = None,
+                 max_requests_per_client: int | None = None):  # fmt: skip
         self.metrics = metrics
         self.engine = None  # set once the model is loaded and warmed up
+        self.tokens, self.max_requests_per_client = tokens, max_requests_per_client
+        self.in_flight: dict[str, int] = {}  # client identity -> its Generate / GenerateAll RPCs
+
+    @contextlib.contextmanager
+    def _client_slot(self, context):
+        """One in-flight request of the calling client, within max_requests_per_client."""
+        client = client_identity(context, self.tokens)
+        held = self.in_flight.get(client, 0)
+        limit = self.max_requests_per_client
+        if limit is not None and held >= limit:
+            raise CapacityExceeded(
+                f"this client has {held} requests in flight; the limit is {limit} per client"
+            )
+        self.in_flight[client] = held + 1
+        try:
+            yield client
+        finally:
+            self.in_flight[client] -= 1
+            if not self.in_flight[client]:
+                del self.in_flight[client]
 
     def _engine(self):
         if self.engine is None:
@@ -126,8 +149,9 @@ class LedServeService:
     async def Generate(self, request, context):
         request_id = request.request_id or uuid.uuid4().hex
         try:
-            async for chunk in self._chunks(request, request_id):
-                yield chunk
+            with self._client_slot(context) as client:
+                async for chunk in self._chunks(request, request_id, client):
+                    yield chunk
         except Exception as e:
             await self._abort("Generate", request_id, e, context)
         except asyncio.CancelledError:  # the client went away or its deadline passed
@@ -138,13 +162,14 @@ class LedServeService:
     async def GenerateAll(self, request, context):
         request_id = request.request_id or uuid.uuid4().hex
         try:
-            async for chunk in self._chunks(request, request_id):
-                if chunk.HasField("summary"):
-                    self.metrics.requests.labels("GenerateAll", "OK").inc()
-                    text = chunk.summary.sequences[0].text
-                    return pb.GenerateResponse(
-                        request_id=request_id, text=text, summary=chunk.summary
-                    )
+            with self._client_slot(context) as client:
+                async for chunk in self._chunks(request, request_id, client):
+                    if chunk.HasField("summary"):
+                        self.metrics.requests.labels("GenerateAll", "OK").inc()
+                        text = chunk.summary.sequences[0].text
+                        return pb.GenerateResponse(
+                            request_id=request_id, text=text, summary=chunk.summary
+                        )
         except Exception as e:
             await self._abort("GenerateAll", request_id, e, context)
         except asyncio.CancelledError:
@@ -159,7 +184,7 @@ class LedServeService:
         except Exception as e:
             await self._abort("DescribeModel", "", e, context)
 
-    async def _chunks(self, request: pb.GenerateRequest, request_id: str):
+    async def _chunks(self, request: pb.GenerateRequest, request_id: str, client: str):
         """Submit the request to the engine and yield its chunks, the summary last."""
         arrival = time.perf_counter()
         if isinstance(request, Unparsable):
@@ -176,10 +201,11 @@ class LedServeService:
             ids, glob = prompt.input_ids, prompt.global_attention_mask
             truncated = prompt.truncated_context_tokens
         sink = _EventSink(asyncio.get_running_loop())
-        submitted = engine.submit(ids, glob, events=sink, **params)
+        submitted = engine.submit(ids, glob, events=sink, client=client, **params)
         log(
             "request.start",
             request_id=request_id,
+            client=client,
             input_tokens=len(ids),
             truncated_context_tokens=truncated,
             parameters=params,

@@ -18,8 +18,8 @@ ids = itertools.count()
 class Fake:
     """What the scheduler and the cross cache read of a request."""
 
-    def __init__(self, length, rows=1, layers=2, heads=2, dim=3):
-        self.id, self.rows, self.cancelled = next(ids), rows, False
+    def __init__(self, length, rows=1, client=None, layers=2, heads=2, dim=3):
+        self.id, self.rows, self.cancelled, self.client = next(ids), rows, False, client
         self.input_ids = np.zeros(length, np.int64)
         # per layer key, value: [1, heads, length, dim], distinct values per request
         shape = (1, heads, length, dim)
@@ -88,6 +88,29 @@ def test_a_request_goes_waiting_encoding_decoding_finished():
     b.failed = (Failure.ERROR, "a bug")
     assert scheduler.update(plan) == [a, b] and scheduler.running == []
     assert a.ended == "finished" and b.ended == (Failure.ERROR, "a bug")
+
+
+def test_admission_is_fair_across_clients():
+    """The client holding the fewest rows goes first; a client at its row cap waits without
+    holding up the others; without clients, first come first served."""
+    scheduler = Scheduler(max_rows=16, max_queue=20, max_encoder_tokens=10_000,
+                          max_encoder_batch_tokens=10_000, max_client_rows=8)  # fmt: skip
+    greedy = [Fake(10, rows=4, client="greedy") for _ in range(4)]
+    for r in greedy:
+        scheduler.submit(r)
+    (batch,) = scheduler.admit([])
+    assert batch == greedy[:2]  # 8 rows: greedy's cap; 8 rows stay free
+    small = Fake(10, client="small")
+    scheduler.submit(small)
+    (batch,) = scheduler.admit(greedy[:2])
+    assert batch == [small]  # admitted ahead of greedy's waiting requests
+    late, other = Fake(10, rows=4, client="late"), Fake(10, client="small")
+    scheduler.submit(late)
+    scheduler.submit(other)
+    # greedy 8 rows, small 1: late (0 rows held) comes before small's second request
+    (batch,) = scheduler.admit([*greedy[:2], small])
+    assert batch == [late, other]
+    assert list(scheduler.waiting) == greedy[2:]
 
 
 def test_encoder_batches_group_similar_lengths_within_the_token_limit():

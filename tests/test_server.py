@@ -206,6 +206,11 @@ def test_deadline_ends_the_request(served, client, slow_decode):
             r"global_attention_mask has 1 values",
         ),
         (dict(request_id="x" * 200), r"request_id has 200 characters; the limit is 128"),
+        (
+            dict(input_ids=[0] + [7] * 600 + [2], global_attention_mask=[1] * 602),
+            r"global_attention_mask marks 602 tokens as global; the limit is 512",
+        ),
+        (dict(question="why " * 300, context="c"), r"marks \d+ tokens as global; the limit is 512"),
     ],
 )
 def test_bad_requests_are_invalid_argument(client, request_fields, message):
