@@ -19,6 +19,37 @@ import numpy as np
 import torch
 
 
+def timed_steps(engine, requests: list, steps: int) -> tuple[list[float], list[float], int]:
+    """Once `requests` (just submitted) are all encoded and decoding: each of `steps` steps'
+    wall time, the ONNX Runtime time inside it, and the decoder runs they made; the requests
+    are then cancelled."""
+    engine.step()  # admits them; the encoder thread encodes them
+    while not all("encoded" in r.times for r in requests):
+        time.sleep(0.01)
+    engine.step()  # all join: from here each step decodes all their rows
+    times, runs, run, calls = [], [], engine.runtime._run, engine.decoder_calls
+
+    def timed(session, binding):
+        start = time.perf_counter()
+        run(session, binding)
+        runs[-1] += time.perf_counter() - start
+
+    engine.runtime._run = timed
+    try:
+        for _ in range(steps):
+            runs.append(0.0)
+            start = time.perf_counter()
+            engine.step()
+            times.append(time.perf_counter() - start)
+    finally:
+        del engine.runtime._run
+    calls = engine.decoder_calls - calls
+    for r in requests:
+        engine.cancel(r)
+    engine.run_until_done(requests)
+    return times, runs, calls
+
+
 def step_cost(engine, vocab: int, rows: int, input_tokens: int, steps: int) -> dict:
     """Median step and decoder-run times once `rows` requests are all encoded and decoding."""
     rng = np.random.default_rng(0)
@@ -27,28 +58,7 @@ def step_cost(engine, vocab: int, rows: int, input_tokens: int, steps: int) -> d
                       min_new_tokens=steps + 8)
         for _ in range(rows)
     ]  # fmt: skip
-    engine.step()  # admits them all; the encoder thread encodes them
-    while not all("encoded" in r.times for r in requests):
-        time.sleep(0.01)
-    engine.step()  # all join: from here each step decodes `rows` rows
-    runs, run = [], engine.runtime._run
-
-    def timed(session, binding):
-        start = time.perf_counter()
-        run(session, binding)
-        runs.append(time.perf_counter() - start)
-
-    engine.runtime._run, times = timed, []
-    try:
-        for _ in range(steps):
-            start = time.perf_counter()
-            engine.step()
-            times.append(time.perf_counter() - start)
-    finally:
-        del engine.runtime._run
-    for r in requests:
-        engine.cancel(r)
-    engine.run_until_done(requests)
+    times, runs, _ = timed_steps(engine, requests, steps)
     step, ort = statistics.median(times), statistics.median(runs)
     return {"rows": rows, "step_s": step, "ort_run_s": ort, "step_over_run": step / ort}
 
