@@ -30,6 +30,9 @@ def describe(device: str) -> dict:
         "transformers": transformers.__version__,
         "onnxruntime": onnxruntime.__version__,
         "device": device,
+        # PyTorch's CPU allocator with transparent huge pages: the baseline's best CPU
+        # configuration (set it in the environment of `ledserve bench`; report both runs).
+        "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
     }
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)

@@ -14,7 +14,9 @@ def markdown(r: dict) -> str:
     lines = [
         f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['memory_gib']} GiB)"
         + (f", {m['gpu']}" if "gpu" in m else "")
-        + f"; device {m['device']}; torch {m['torch']}, onnxruntime {m['onnxruntime']}.",
+        + f"; device {m['device']}; torch {m['torch']}, onnxruntime {m['onnxruntime']}"
+        + f"; torch threads {m.get('torch_threads', '?')}, THP_MEM_ALLOC_ENABLE="
+        + f"{m.get('thp_mem_alloc_enable', 'unset')}.",
         f"Measured in this run: fp32 matmul {rates['matmul_flops'] / 1e9:.0f} GFLOP/s, "
         f"copy {rates['copy_bytes_per_s'] / 1e9:.1f} GB/s. Times are medians of "
         f"{r['sizes']['repeats']} runs after a warm-up; ratios are transformers ÷ engine "
