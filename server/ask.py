@@ -108,11 +108,12 @@ def print_answer(client, question: str, passages: list[str], **kwargs) -> str | 
         return None
     print()
     usage, t = summary.usage, summary.timings
-    truncated = usage.truncated_context_tokens
+    truncated, chars = usage.truncated_context_tokens, usage.truncated_context_characters
     print(
         f"[{pb.FinishReason.Name(summary.finish_reason).lower()}: {usage.generated_tokens} "
         f"tokens from {usage.input_tokens} input tokens"
         + (f" ({truncated} context tokens cut to fit the model)" if truncated else "")
+        + (f" (and {chars} characters before tokenizing)" if chars else "")
         + f"; first token {t.first_token_seconds:.3f} s, total {t.total_seconds:.3f} s]",
         file=sys.stderr,
     )

@@ -89,9 +89,11 @@ def request_input(request: pb.GenerateRequest) -> Input:
     raise InvalidRequest("input: set document (question and passages) or tokens (input_ids)")
 
 
-def summary(event, tokenizer, input_tokens: int, truncated: int, arrival_offset: float):
-    """The final event of a finished request -> pb.Summary. `arrival_offset`: seconds from the
-    request's arrival at the server to its submission to the engine (tokenization)."""
+def summary(event, tokenizer, input_tokens: int, truncated: tuple[int, int],
+            arrival_offset: float):  # fmt: skip
+    """The final event of a finished request -> pb.Summary. `truncated`: the context's tokens
+    and characters cut; `arrival_offset`: seconds from the request's arrival at the server to
+    its submission to the engine (tokenization)."""
     sequences = [
         pb.Sequence(
             text=tokenizer.decode(tokens, skip_special_tokens=True),
@@ -107,7 +109,8 @@ def summary(event, tokenizer, input_tokens: int, truncated: int, arrival_offset:
         usage=pb.Usage(
             input_tokens=input_tokens,
             generated_tokens=len(sequences[0].token_ids),
-            truncated_context_tokens=truncated,
+            truncated_context_tokens=truncated[0],
+            truncated_context_characters=truncated[1],
         ),
         timings=pb.Timings(
             queue_seconds=t["queue"],

@@ -193,13 +193,13 @@ class LedServeService:
         engine = self._engine()
         job = convert.request_input(request)
         params = convert.parameters_to_kwargs(request.parameters)
-        ids, glob, truncated = job.input_ids, job.global_attention_mask, 0
+        ids, glob, truncated = job.input_ids, job.global_attention_mask, (0, 0)
         if job.question is not None:  # tokenizing 16k tokens takes a while: off the loop
             prompt = await asyncio.to_thread(
                 engine.prompts.build, job.question, job.passages, job.truncate
             )
             ids, glob = prompt.input_ids, prompt.global_attention_mask
-            truncated = prompt.truncated_context_tokens
+            truncated = prompt.truncated_context_tokens, prompt.truncated_context_characters
         sink = _EventSink(asyncio.get_running_loop())
         submitted = engine.submit(ids, glob, events=sink, client=client, **params)
         log(
@@ -207,7 +207,8 @@ class LedServeService:
             request_id=request_id,
             client=client,
             input_tokens=len(ids),
-            truncated_context_tokens=truncated,
+            truncated_context_tokens=truncated[0],
+            truncated_context_characters=truncated[1],
             parameters=params,
         )
         detokenizer, last = Detokenizer(engine.tokenizer), None
@@ -250,6 +251,7 @@ class LedServeService:
             input_tokens=usage.input_tokens,
             generated_tokens=usage.generated_tokens,
             truncated_context_tokens=usage.truncated_context_tokens,
+            truncated_context_characters=usage.truncated_context_characters,
             queue_seconds=round(t.queue_seconds, 4),
             encode_seconds=round(t.encode_seconds, 4),
             first_token_seconds=round(t.first_token_seconds, 4),

@@ -132,7 +132,12 @@ def test_over_long_context_is_cut_and_reported(served, client):
     with pytest.raises(grpc.RpcError) as refused:
         client.generate("what is the first value?", document, truncation="reject")
     assert refused.value.code() == INVALID
-    assert re.search(r"input has \d+ tokens; the model's maximum is 1024", refused.value.details())
+    over = r"input has \d+ tokens; the model.s maximum is 1024|context has \d+ characters; it can"
+    assert re.search(over, refused.value.details())
+    huge = (document + " ") * 200  # far beyond the character budget: its tail is never tokenized
+    reply = client.generate("what is the first value?", huge, max_new_tokens=3)
+    usage = reply.summary.usage
+    assert usage.input_tokens == 1024 and usage.truncated_context_characters > len(document)
 
 
 def test_concurrent_streams_share_decoder_steps(served, slow_decode):

@@ -79,13 +79,16 @@ def test_over_long_context_loses_its_end_never_the_question(engine, rng, limit):
     head = f"question: {question} context: "
     assert text.startswith(head) and context.startswith(text[len(head) :])
     kept = len(tokenizer(text[len(head) :], add_special_tokens=False)["input_ids"])
-    total = len(tokenizer(context, add_special_tokens=False)["input_ids"])
+    tokenized = context[: len(context) - prompt.truncated_context_characters]  # the budget's cut
+    total = len(tokenizer(tokenized, add_special_tokens=False)["input_ids"])
     assert prompt.truncated_context_tokens == total - kept > 0
     assert sum(prompt.global_attention_mask) == sum(
         engine.prompts.build(question, "x").global_attention_mask
     )
     full = len(engine.prompts.build(question, context).input_ids)
     message = rf"input has {full} tokens; the model's maximum is {limit} \(truncation is REJECT\)"
+    if len(context) > prompts.character_budget:  # refused before tokenizing
+        message = rf"context has {len(context)} characters; it cannot fit the model's {limit} "
     with pytest.raises(InvalidRequest, match=message):
         prompts.build(question, context, truncate=False)
     message = r"question is too long: the input without context has \d+ tokens; the model's max"
@@ -100,3 +103,29 @@ def test_streamed_answer_equals_answer(engine):
         engine.stream_answer("what is the value?", "the market value is seven.", **params)
     )
     assert streamed == answer and answer
+
+
+def test_a_huge_context_is_cut_to_a_character_budget_before_tokenizing(engine, rng):
+    """A context far beyond the limit is cut at a whitespace to the character budget first; the
+    kept tokens equal those of tokenizing it whole, and the cut is reported; a question beyond
+    the budget is refused without tokenizing it."""
+    tokenizer, question = engine.tokenizer, "which city is north of the river?"
+    prompts = PromptBuilder(tokenizer, engine.prompts.template, 60)
+    budget = prompts.character_budget
+    lines = corpus(int(rng.integers(200, 400)), seed=int(rng.integers(1 << 30)))
+    context = " ".join(lines)
+    while len(context) < 3 * budget:
+        context += " " + context
+    whole = PromptBuilder(tokenizer, engine.prompts.template, 60)
+    whole.__dict__["character_budget"] = 10 * len(context)  # no character cut: the reference
+    prompt, want = prompts.build(question, context), whole.build(question, context)
+    assert prompt.input_ids == want.input_ids
+    assert prompt.global_attention_mask == want.global_attention_mask
+    chars = prompt.truncated_context_characters
+    assert len(context) - budget <= chars <= len(context) - budget + 1024
+    assert context[len(context) - chars].isspace() or chars == len(context) - budget
+    assert 0 < prompt.truncated_context_tokens < want.truncated_context_tokens
+    with pytest.raises(InvalidRequest, match=r"context has \d+ characters; it cannot fit"):
+        prompts.build(question, context, truncate=False)
+    with pytest.raises(InvalidRequest, match=rf"question has {budget + 1} characters"):
+        prompts.build("w" * (budget + 1), "c")
