@@ -29,9 +29,9 @@ def timed_steps(engine, requests: list, steps: int) -> tuple[list[float], list[f
     engine.step()  # all join: from here each step decodes all their rows
     times, runs, run, calls = [], [], engine.runtime._run, engine.decoder_calls
 
-    def timed(session, binding):
+    def timed(session, binding, *shrink):
         start = time.perf_counter()
-        run(session, binding)
+        run(session, binding, *shrink)
         runs[-1] += time.perf_counter() - start
 
     engine.runtime._run = timed

@@ -47,6 +47,10 @@ class EngineConfig:
     max_global_tokens: int = 512
     """Tokens one input may mark as global (each attends to, and is attended by, the whole
     input: 4,096 of them made an input 10-50x slower and 3 GB larger); more is refused."""
+    shrink_after_tokens: int | None = 8192
+    """An encoder batch of at least this many padded tokens returns ONNX Runtime's arena memory
+    to the system after its run (a rare long input's activations would otherwise stay reserved
+    for the process's life); None: never."""
     max_encoder_batch_tokens: int = 8192
     """Padded input tokens in one encoder run (bounds the encoder's activation memory, ~0.1 MB
     per token and layer for LED-base's attention scores); a longer single input runs alone."""
@@ -203,7 +207,10 @@ class Engine:
         for row, r in enumerate(requests):
             n = r.input_ids.size
             ids[row, :n], mask[row, :n], glob[row, :n] = r.input_ids, 1, r.global_attention_mask
-        for request, cross in zip(requests, self.runtime.encode(ids, mask, glob), strict=True):
+        limit = self.config.shrink_after_tokens
+        shrink = limit is not None and ids.size >= limit
+        encoded = self.runtime.encode(ids, mask, glob, shrink)
+        for request, cross in zip(requests, encoded, strict=True):
             request.cross = cross
             request.cache = self.runtime.empty_cache(request.rows)
             request.mark("encoded")

@@ -73,12 +73,19 @@ class Runtime:
             tensor.data_ptr(),
         )
 
-    def _run(self, session, binding):
+    def _run(self, session, binding, shrink: bool = False):
+        """`shrink`: afterwards, ONNX Runtime's arena returns the memory this run's intermediate
+        tensors took to the system (after an unusually large input)."""
         if self.device.type == "cuda":
             # Inputs written by torch on this thread's stream; not a device-wide synchronize,
             # which would also wait for the encoder thread's runs.
             torch.cuda.current_stream(self.device).synchronize()
-        session.run_with_iobinding(binding)
+        options = None
+        if shrink:
+            options = ort.RunOptions()
+            arena = "gpu:0" if self.device.type == "cuda" else "cpu:0"
+            options.add_run_config_entry("memory.enable_memory_arena_shrinkage", arena)
+        session.run_with_iobinding(binding, options)
         binding.synchronize_outputs()
 
     def _tensor(self, array) -> torch.Tensor:
@@ -89,9 +96,11 @@ class Runtime:
             rows, self.layers, self.heads, self.head_dim, self.float_type, self.device
         )
 
-    def encode(self, input_ids, attention_mask, global_attention_mask) -> list[list[torch.Tensor]]:
+    def encode(self, input_ids, attention_mask, global_attention_mask,
+               shrink: bool = False) -> list[list[torch.Tensor]]:  # fmt: skip
         """[batch, seq] int64 arrays -> per row, the cross K/V of every layer (key, value, ...),
-        each [1, heads, own_length, head_dim] on the device (padding beyond a row is dropped)."""
+        each [1, heads, own_length, head_dim] on the device (padding beyond a row is dropped).
+        `shrink`: return the run's intermediate memory to the system afterwards."""
         binding = self.encoder.io_binding()
         inputs = [self._tensor(a) for a in (input_ids, attention_mask, global_attention_mask)]
         for name, tensor in zip(
@@ -105,7 +114,7 @@ class Runtime:
         outputs = [torch.empty(shape, dtype=self.float_type, device=self.device) for _ in names]
         for name, tensor in zip(names, outputs, strict=True):
             self._bind(binding, name, tensor, output=True)
-        self._run(self.encoder, binding)
+        self._run(self.encoder, binding, shrink)
         if batch == 1:  # the outputs are the row's own tensors: no copy
             return [outputs]
         lengths = attention_mask.sum(axis=1).tolist()

@@ -377,3 +377,14 @@ def test_a_greedy_step_keeps_the_decoders_cache_without_a_copy(exported, checkpo
     finals = engine.run_until_done(requests)
     assert [f.results for f in finals] == alone
     assert not engine.step() and engine._batch is None  # nothing held once all are done
+
+
+def test_arena_shrinkage_after_a_long_input_changes_no_token(exported, checkpoint, rng):
+    """Encoder runs that return ONNX Runtime's arena memory afterwards (every run here) give the
+    same tokens as runs that keep it."""
+    _, model = checkpoint
+    rows, globals_ = random_inputs(rng, model.config.vocab_size, 3)
+    params = dict(max_new_tokens=6, num_beams=2)
+    keep = Engine.from_artifacts(exported["fp32"], device="cpu", shrink_after_tokens=None)
+    shrink = Engine.from_artifacts(exported["fp32"], device="cpu", shrink_after_tokens=1)
+    assert shrink.generate(rows, globals_, **params) == keep.generate(rows, globals_, **params)
