@@ -209,7 +209,7 @@ class Engine:
             ids[row, :n], mask[row, :n], glob[row, :n] = r.input_ids, 1, r.global_attention_mask
         limit = self.config.shrink_after_tokens
         shrink = limit is not None and ids.size >= limit
-        encoded = self.runtime.encode(ids, mask, glob, shrink)
+        encoded = self.runtime.encode(ids, mask, glob, shrink=shrink)
         for request, cross in zip(requests, encoded, strict=True):
             request.cross = cross
             request.cache = self.runtime.empty_cache(request.rows)

@@ -212,10 +212,10 @@ def test_a_failing_encoder_batch_ends_only_its_requests(exported, checkpoint, rn
     want = engine.generate([long], max_new_tokens=5, min_new_tokens=5)
     encode = engine.runtime.encode
 
-    def encode_failing_short(ids, mask, glob):
+    def encode_failing_short(ids, mask, glob, **options):
         if ids.shape[1] == len(short):
             raise RuntimeError("out of memory")
-        return encode(ids, mask, glob)
+        return encode(ids, mask, glob, **options)
 
     monkeypatch.setattr(engine.runtime, "encode", encode_failing_short)
     bad = engine.submit(short, max_new_tokens=5)
@@ -234,9 +234,9 @@ def test_encoder_batches_respect_their_token_budget(exported, checkpoint, rng, m
     want = [engine.generate([r], max_new_tokens=4)[0] for r in rows]
     shapes, encode = [], engine.runtime.encode
 
-    def recording(ids, mask, glob):
+    def recording(ids, mask, glob, **options):
         shapes.append(ids.shape)
-        return encode(ids, mask, glob)
+        return encode(ids, mask, glob, **options)
 
     monkeypatch.setattr(engine.runtime, "encode", recording)
     assert engine.generate(rows, max_new_tokens=4) == want
@@ -304,10 +304,10 @@ def test_running_requests_go_on_while_an_input_is_encoded(exported, checkpoint, 
     want = engine.generate([ids], max_new_tokens=8, min_new_tokens=8)
     release, encode = threading.Event(), engine.runtime.encode
 
-    def slow_for_the_late_one(input_ids, mask, glob):
+    def slow_for_the_late_one(input_ids, mask, glob, **options):
         if input_ids.shape[1] == len(late_ids):
             assert release.wait(timeout=120)
-        return encode(input_ids, mask, glob)
+        return encode(input_ids, mask, glob, **options)
 
     monkeypatch.setattr(engine.runtime, "encode", slow_for_the_late_one)
     running = engine.submit(ids, max_new_tokens=8, min_new_tokens=8)

@@ -419,10 +419,10 @@ def test_engine_failures_map_to_their_status_without_the_detail(
     INTERNAL; the exception's text reaches the log, never the client."""
     encode = served.engine.runtime.encode
 
-    def failing_long_inputs(ids, mask, glob):
+    def failing_long_inputs(ids, mask, glob, **options):
         if ids.shape[1] > 150:
             raise RuntimeError(raised)
-        return encode(ids, mask, glob)
+        return encode(ids, mask, glob, **options)
 
     monkeypatch.setattr(served.engine.runtime, "encode", failing_long_inputs)
     with pytest.raises(grpc.RpcError) as failed:
