@@ -9,7 +9,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from ledserve.benchmarks import floors, machine, measure, overlap
+from ledserve.benchmarks import floors, loop, machine, measure, overlap
 from ledserve.benchmarks.report import markdown, plots
 from ledserve.manifest import Manifest, ManifestError
 
@@ -22,9 +22,11 @@ FULL = dict(
     per_client=2,
     profile_length=2048,
     overlap_length=4096,
+    loop_rows=64,
 )
 QUICK = dict(lengths=[512, 1024], new_tokens=8, repeats=2, concurrency=[1, 4, 8],
-             serve_length=256, per_client=1, profile_length=512, overlap_length=512)  # fmt: skip
+             serve_length=256, per_client=1, profile_length=512, overlap_length=512,
+             loop_rows=8)  # fmt: skip
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -59,6 +61,11 @@ def add_arguments(parser: argparse.ArgumentParser):
                         help="tokens of each of the 8 inputs encoded beside a stream")  # fmt: skip
     parser.add_argument("--skip-overlap", action="store_true",
                         help="skip the stream-while-encoding scenario")  # fmt: skip
+    parser.add_argument("--loop-rows", type=int,
+                        help="greedy requests of the loop-cost scenario (default 64)")  # fmt: skip
+    parser.add_argument("--skip-loop", action="store_true",
+                        help="skip the loop-cost scenario (the engine against bare ONNX Runtime "
+                        "calls)")  # fmt: skip
     parser.add_argument("--from-json", type=Path, help="only re-render the tables and plots of an "
                         "earlier results.json into --out")  # fmt: skip
 
@@ -161,6 +168,12 @@ def run(args) -> dict:
                 folders[args.dtypes[0]], args.device, vocab, sizes["serve_length"], n, beams,
                 sizes["concurrency"], sizes["per_client"],
             )  # fmt: skip
+    if not args.skip_loop:
+        rows = sizes["loop_rows"]
+        _say(f"the loop's cost: {rows} greedy requests of 256 tokens, {n} tokens each")
+        results["loop"] = loop.measure(folders[args.dtypes[0]], args.device, rows=rows,
+                                       input_tokens=256, new_tokens=n, steps=min(n, 30),
+                                       repeats=sizes["repeats"])  # fmt: skip
     if not args.skip_overlap:
         length = min(sizes["overlap_length"], model["max_encoder_positions"])
         _say(f"a greedy stream while 8 inputs of {length} tokens are encoded")

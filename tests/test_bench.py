@@ -32,8 +32,11 @@ def test_quick_benchmark_writes_results(tmp_path):
     overlap = results["overlap"]
     assert overlap["load"] == {"inputs": 8, "tokens": 192} and overlap["tokens_per_s_alone"] > 0
     assert len(overlap["kept_all_runs"]) == 1
+    loop = results["loop"]
+    assert loop["rows"] == 8 and loop["new_tokens"] == 8 and loop["over_bare_ort"] > 0
     table = (out / "results.md").read_text()
     assert "Encoder pass" in table and "Targets" in table and "while encoding" in table
+    assert "decode loop's own cost" in table and "bare ONNX Runtime calls:" in table
     assert (out / "latency_vs_length.png").stat().st_size > 0
     assert (out / "throughput_vs_concurrency.png").stat().st_size > 0
 
