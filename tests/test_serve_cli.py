@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2
 from transformers import AutoTokenizer, LEDForConditionalGeneration
 
 from ledserve.cli import main as ledserve
@@ -157,8 +158,20 @@ def test_demo_streams_the_models_answer(tmp_path, capfd):
     assert "reusing the exported demo model" in capfd.readouterr().err
 
 
+def _first_health_status(client, alive, timeout: float = 60):
+    """The health service's first answer, polled from the process's start."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return client.health.Check(health_pb2.HealthCheckRequest(), timeout=1).status
+        except grpc.RpcError:
+            assert time.monotonic() < deadline and alive(), "the port never opened"
+            time.sleep(0.05)
+
+
 def test_serve_without_artifacts_serves_the_demo_model(tmp_path):
-    """No --artifacts: the embedded model, exported once into the user's cache, then reused."""
+    """No --artifacts: the port opens at once (NOT_SERVING), then the embedded model is exported
+    once into the user's cache (reused next time) and served."""
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path)}
     example = demo_example()
     for reuse in (False, True):
@@ -168,6 +181,10 @@ def test_serve_without_artifacts_serves_the_demo_model(tmp_path):
         with log.open("w") as err, subprocess.Popen(command, cwd=ROOT, stderr=err, env=env) as p:
             try:
                 with Client(f"127.0.0.1:{port}") as client:
+                    if not reuse:  # the port opens first: health says NOT_SERVING meanwhile
+                        status = _first_health_status(client, alive=lambda: p.poll() is None)
+                        assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+                        assert not list(tmp_path.glob("ledserve/demo-*/manifest.json"))
                     client.wait_until_serving(timeout=300, alive=lambda: p.poll() is None)
                     reply = client.generate(example.question, [example.context])
                     assert reply.text.strip() == _transformers_answer(example)
