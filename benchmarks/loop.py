@@ -71,25 +71,30 @@ def wall_time(engine, vocab: int, rows: int, input_tokens: int, new_tokens: int)
     return time.perf_counter() - start
 
 
-def bare_runtime(engine, vocab: int, rows: int, input_tokens: int, new_tokens: int) -> float:
-    """Seconds that bare ONNX Runtime calls take for the encoder and decoder runs of `wall_time`
-    (same graphs and sessions, same encoder batches, greedy argmax on the host)."""
+def _encoder_batches(engine, vocab: int, rows: int, input_tokens: int) -> list[np.ndarray]:
+    """The inputs of `wall_time`, grouped as the engine's encoder batches them: [batch, tokens]."""
     from ledserve.engine.scheduler import by_length
 
-    runtime, names = engine.runtime, engine.runtime.artifacts.tensor_name
     rng = np.random.default_rng(1)
-    inputs = [rng.integers(5, vocab, input_tokens) for _ in range(rows)]
 
     class Sized:  # what by_length reads of a request
         def __init__(self, ids):
             self.input_ids = ids
 
+    inputs = [Sized(rng.integers(5, vocab, input_tokens)) for _ in range(rows)]
+    batches = by_length(inputs, engine.config.max_encoder_batch_tokens)
+    return [np.stack([r.input_ids for r in batch]) for batch in batches]
+
+
+def bare_runtime(engine, vocab: int, rows: int, input_tokens: int, new_tokens: int) -> float:
+    """Seconds that bare ONNX Runtime calls take for the encoder and decoder runs of `wall_time`
+    (same graphs and sessions, same encoder batches, greedy argmax on the host)."""
+    runtime, names = engine.runtime, engine.runtime.artifacts.tensor_name
+    batches = _encoder_batches(engine, vocab, rows, input_tokens)
     layers, kinds = range(runtime.layers), ("key", "value")
     start = time.perf_counter()
     cross = {f"cross_{k}": [] for k in kinds}
-    batches = by_length([Sized(i) for i in inputs], engine.config.max_encoder_batch_tokens)
-    for batch in batches:
-        ids = np.stack([r.input_ids for r in batch])
+    for ids in batches:
         ones = np.ones_like(ids)
         out = runtime.encoder.run(None, {"input_ids": ids, "attention_mask": ones,
                                          "global_attention_mask": np.zeros_like(ids)})  # fmt: skip
@@ -120,20 +125,11 @@ def bare_runtime(engine, vocab: int, rows: int, input_tokens: int, new_tokens: i
 def bare_bound(engine, vocab: int, rows: int, input_tokens: int, new_tokens: int) -> float:
     """`bare_runtime` through the engine's own IO-bound calls (`Runtime.encode` / `decode`, torch
     tensors bound by pointer), still without scheduler, search or processors."""
-    from ledserve.engine.scheduler import by_length
-
     runtime = engine.runtime
-    rng = np.random.default_rng(1)
-    inputs = [rng.integers(5, vocab, input_tokens) for _ in range(rows)]
-
-    class Sized:
-        def __init__(self, ids):
-            self.input_ids = ids
-
+    batches = _encoder_batches(engine, vocab, rows, input_tokens)
     start = time.perf_counter()
     crosses = []
-    for batch in by_length([Sized(i) for i in inputs], engine.config.max_encoder_batch_tokens):
-        ids = np.stack([r.input_ids for r in batch])
+    for ids in batches:
         crosses += runtime.encode(ids, np.ones_like(ids), np.zeros_like(ids))
     cross = [torch.cat([c[i] for c in crosses]) for i in range(len(crosses[0]))]
     mask = torch.ones((rows, input_tokens), dtype=torch.int64, device=runtime.device)

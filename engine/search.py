@@ -19,8 +19,8 @@ class Search:
     def __init__(self, params: GenerationParams, rows: int, diagnostics: bool = False):
         self.params = params
         self.diagnostics = diagnostics  # record `margin` (costs a device->host copy a step)
-        self.chain = processors.build(params)
-        self.pre, self.masking, self.post = processors.split(self.chain)
+        # transformers' processors, split where the engine batches the masking ones
+        self.pre, self.masking, self.post = processors.split(processors.build(params))
         self.max_length = 1 + params.max_new_tokens
         self.eos = np.array(params.eos_token_id, dtype=np.int64)
         self.pad = (
