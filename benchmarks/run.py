@@ -46,8 +46,8 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument(
         "--dtypes",
         default=None,
-        help="engine dtypes (default: fp32 on cpu, "
-        "fp32,fp16 on cuda); the baseline runs fp32 (and fp16 on cuda)",
+        help="engine dtypes, of fp32, fp16, int8 (default: fp32 on cpu, fp32,fp16 on cuda); "
+        "the baseline runs fp32 (and fp16 on cuda)",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: minutes on a 2-core CPU")
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")])

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from ledserve.demo.synthetic import Example, approximate_tokens, examples
+from ledserve.export import attention, graphs
 from ledserve.export.cli import summary
 from ledserve.export.convert import ExportConfig, export_model
 from ledserve.manifest import FORMAT_VERSION, MANIFEST
@@ -28,10 +29,12 @@ def demo_example() -> Example:
 
 
 def _version() -> str:
-    """The shipped weights' and tokenizer's sha256, shortened: a new model gets a new cache."""
+    """The sha256 of the shipped weights and tokenizer and of the code that builds the graphs,
+    shortened: a new model, or graphs built differently, get a new cache."""
     digest = hashlib.sha256()
-    for name in ("model.safetensors", "tokenizer.json"):
-        digest.update((DEMO_MODEL / name).read_bytes())
+    for path in (DEMO_MODEL / "model.safetensors", DEMO_MODEL / "tokenizer.json",
+                 Path(attention.__file__), Path(graphs.__file__)):  # fmt: skip
+        digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 

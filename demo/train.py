@@ -7,8 +7,8 @@ byte-level BPE tokenizer trained on the same generator. Plain PyTorch loop, on t
 Writes a `from_pretrained` folder (model.safetensors, config, generation config, tokenizer) and
 training.json: the learning curve (train loss, dev exact match) and the held-out exact match.
 The encoder runs through export/graphs.py's attention (the same function as transformers' LED
-self-attention, tested to < 1e-4; a step 1.3x faster at 2048 tokens, 2.8x at 4096); the decoder
-and the loss are transformers' own.
+self-attention, tested to < 1e-4; a step 1.3x faster at 2048 tokens, 2.8x at 4096, measured with
+the formulation before the additive bias); the decoder and the loss are transformers' own.
 """
 
 import argparse

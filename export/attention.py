@@ -10,9 +10,14 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# Masked scores are *replaced* (torch.where), never added to, so fp16 conversion clamping this
-# constant to -65504 still leaves a score whose exp() underflows to exactly 0.
+# Masked scores are replaced by (torch.where) or added to (local_blocks) this constant. In fp32 a
+# score plus it stays finite and its exp() is exactly 0. fp16 conversion clamps it to -65504 and a
+# sum may become -inf: still exp() 0; a row with every key masked (only padding queries, whose
+# output is replaced by zeros) may then be NaN, which the replacing torch.where drops.
 MASKED = torch.finfo(torch.float32).min
+# Query blocks per attention window (see query_block); 2 measured fastest of 1, 2, 4, 8 on the
+# LED-base shape at 2048 tokens (CPU): 1 wastes a third of the scores, 4 and 8 copy keys more.
+BLOCKS_PER_WINDOW = 2
 
 
 @dataclass
@@ -47,27 +52,28 @@ def global_slots(is_global: torch.Tensor) -> GlobalSlots:
     )
 
 
-def band_mask(window: int, device=None) -> torch.Tensor:
-    """[w, 3w] bool: query q of a block sees key k of its 3-block neighbourhood iff |i - j| <= w."""
-    q = torch.arange(window, device=device)[:, None]
-    k = torch.arange(3 * window, device=device)[None, :]
-    return (k - window - q).abs() <= window
+def query_block(window: int) -> int:
+    """Queries per block: a block of b queries scores the 2 * window + b keys around it, of which
+    each query needs 2 * window + 1, so smaller blocks waste less; they also copy each key into
+    more blocks. `window // BLOCKS_PER_WINDOW` when that divides the window, else the window."""
+    return window // BLOCKS_PER_WINDOW if window % BLOCKS_PER_WINDOW == 0 else window
 
 
-def neighbour_blocks(x: torch.Tensor, window: int, pad_end) -> torch.Tensor:
-    """Blocks of `window` positions along dim 1 of x, each with its two neighbours.
+def neighbour_blocks(x: torch.Tensor, window: int, block: int, pad_end) -> torch.Tensor:
+    """Blocks of `block` positions along dim 1 of x, each with `window` positions either side.
 
-    x: [batch, seq, ...] -> [batch, n_blocks, 3 * window, ...] where n_blocks = ceil(seq / window);
-    positions outside [0, seq) are zero (or False). Three constant slices of a blocked view, so no
-    index depends on the length.
+    x: [batch, seq, ...] -> [batch, n_blocks, 2 * window + block, ...], n_blocks =
+    ceil(seq / block), `block` dividing `window`; positions outside [0, seq) are zero (or False).
+    Constant slices of a blocked view, so no index depends on the length.
     """
     padding = [0, 0] * (x.dim() - 2) + [window, window + pad_end]
     if x.dtype == torch.bool:
         padded = nn.functional.pad(x.to(torch.uint8), padding).bool()
     else:
         padded = nn.functional.pad(x, padding)
-    blocks = padded.unflatten(1, (-1, window))  # [batch, n_blocks + 2, window, ...]
-    return torch.cat([blocks[:, :-2], blocks[:, 1:-1], blocks[:, 2:]], dim=2)
+    blocks = padded.unflatten(1, (-1, block))  # [batch, n_blocks + 2 * r, block, ...]
+    span = 2 * (window // block)  # blocks of neighbours, r either side
+    return torch.cat([blocks[:, i : (i - span) or None] for i in range(span + 1)], dim=2)
 
 
 def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
@@ -80,52 +86,127 @@ def merge_heads(x: torch.Tensor) -> torch.Tensor:
     return x.transpose(1, 2).flatten(2)
 
 
+def multi_head_attention(q, k, v, bias, num_heads: int) -> torch.Tensor:
+    """Attention with an additive bias: q [batch, q_len, heads * head_dim] (already scaled),
+    k, v [batch, k_len, heads * head_dim], bias [batch, 1, q_len, k_len] -> like q.
+
+    In torch (tests, training) the plain, differentiable formula; in an ONNX export one
+    `com.microsoft.MultiHeadAttention` node, whose CPU and CUDA kernels take scores, bias,
+    softmax and the value product in one pass per (row, head) instead of five graph-level passes
+    over the score tensor."""
+    if torch.onnx.is_in_onnx_export():
+        return _FusedAttention.apply(q, k, v, bias, num_heads)
+    return _formula(q, k, v, bias, num_heads)
+
+
+def _formula(q, k, v, bias, num_heads: int) -> torch.Tensor:
+    head_dim = q.shape[-1] // num_heads
+    q, k, v = (split_heads(x, num_heads, head_dim) for x in (q, k, v))
+    probs = (q @ k.transpose(-1, -2) + bias).softmax(dim=-1, dtype=torch.float32)
+    return merge_heads(probs.to(q.dtype) @ v)
+
+
+class _FusedAttention(torch.autograd.Function):
+    """`multi_head_attention` as ONNX Runtime's contrib op when exported (no backward)."""
+
+    @staticmethod
+    def forward(ctx, q, k, v, bias, num_heads: int):
+        return _formula(q, k, v, bias, num_heads)
+
+    @staticmethod
+    def symbolic(g, q, k, v, bias, num_heads: int):
+        # Inputs 3 (packed QKV bias) and 4 (key padding mask) are absent: empty names.
+        none = g.op("prim::Constant").setType(torch._C.OptionalType.ofTensor())
+        return g.op(
+            "com.microsoft::MultiHeadAttention",
+            *(q, k, v, none, none, bias),
+            num_heads_i=num_heads,
+            scale_f=1.0,
+        )
+
+
+@dataclass
+class LocalBlocks:
+    """The local part's layout for one window; computed once per encoder call and window, shared
+    by the layers with that window. Queries are cut into blocks of b = `query_block(window)`;
+    each block attends to the G + 1 global slots, then to the 2 * window + b positions around it.
+    """
+
+    block: int
+    pad_end: int  # queries padded to a multiple of block
+    key_index: torch.Tensor  # [n_blocks, G + 1 + 2w + b] int64: each block's keys in key_source()
+    bias: torch.Tensor  # [batch * n_blocks, 1, b, G + 1 + 2w + b]: 0 or MASKED
+
+    def key_source(self, x: torch.Tensor, slots: GlobalSlots, window: int) -> torch.Tensor:
+        """[batch, seq, d] -> [batch, window + seq + window + pad_end + G + 1, d]: zeros around
+        the sequence, then the rows of the global slots, so that one gather builds every block's
+        keys (key_index)."""
+        index = slots.positions[..., None].expand(-1, -1, x.shape[-1])  # [batch, G + 1, d]
+        padded = nn.functional.pad(x, (0, 0, window, window + self.pad_end))
+        return torch.cat([padded, x.gather(1, index)], dim=1)
+
+
+def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> LocalBlocks:
+    """The layout and additive bias of the local part: 0 where a query may attend, MASKED
+    elsewhere. A local key must be within `window` positions and neither padding nor global; a
+    global slot must hold a global token."""
+    block = query_block(window)
+    seq_len = is_pad.shape[1]
+    pad_end = (block - seq_len % block) % block
+    device = is_pad.device
+    # Index into key_source: block j's local keys start at j * block; the global slots follow
+    # the padded sequence. Sizes come from tensors (arange), so the graph serves any length.
+    starts = torch.arange(0, seq_len + pad_end, block, device=device)  # [n_blocks]
+    local = starts[:, None] + torch.arange(2 * window + block, device=device)  # [n, 2w + b]
+    first_slot = seq_len + pad_end + 2 * window
+    slot = torch.arange(slots.positions.shape[1], device=device)  # [G + 1]
+    key_index = torch.cat([first_slot + slot + starts[:, None] * 0, local], dim=1)
+
+    key_ok = neighbour_blocks(~(is_pad | is_global), window, block, pad_end)  # [b, n, 2w + b]
+    q = torch.arange(block, device=device)[:, None]
+    k = torch.arange(2 * window + block, device=device)[None, :]
+    in_band = (k - window - q).abs() <= window  # [block, 2w + block]
+    local_ok = key_ok[:, :, None, :] & in_band  # [batch, n_blocks, block, 2w + block]
+    # Broadcast against a tensor's values, not to a size: the tracer freezes sizes (expand) and
+    # export folds data-free tensors (ones_like) into constants of the traced shape.
+    global_ok = slots.valid[:, None, None, :] & (local_ok[..., :1] | ~local_ok[..., :1])
+    ok = torch.cat([global_ok, local_ok], dim=-1).flatten(0, 1)[:, None]
+    zero = torch.zeros((), dtype=dtype, device=device)
+    bias = torch.where(ok, zero, torch.tensor(MASKED, dtype=dtype, device=device))
+    return LocalBlocks(block, pad_end, key_index, bias)
+
+
 def longformer_self_attention(
     attn: nn.Module,
     hidden: torch.Tensor,
     is_pad: torch.Tensor,
     is_global: torch.Tensor,
     slots: GlobalSlots,
+    blocks: LocalBlocks,
 ) -> torch.Tensor:
     """One LED encoder self-attention (before its output projection).
 
     attn: a transformers `LEDEncoderSelfAttention` (its weights and window are used, not its code).
-    hidden: [batch, seq, d_model]; is_pad, is_global: [batch, seq] bool -> [batch, seq, d_model].
-    Local tokens attend to keys within `window` positions that are neither padding nor global, plus
-    every global key; global tokens attend to every non-padding key with the `*_global` projections;
-    padding tokens get a zero output, as in transformers.
+    hidden: [batch, seq, d_model]; is_pad, is_global: [batch, seq] bool; blocks: `local_blocks`
+    for this layer's window -> [batch, seq, d_model]. Local tokens attend to keys within `window`
+    positions that are neither padding nor global, plus every global key; global tokens attend to
+    every non-padding key with the `*_global` projections; padding tokens get a zero output, as in
+    transformers.
     """
-    seq_len, d_model = hidden.shape[1:]
+    batch, seq_len, d_model = hidden.shape
     heads, head_dim, window = attn.num_heads, attn.head_dim, attn.one_sided_attn_window_size
     scale = head_dim**-0.5
-    pad_end = (window - seq_len % window) % window
 
-    # query, key, value: [batch, heads, seq, head_dim]
-    query = split_heads(attn.query(hidden) * scale, heads, head_dim)
-    key = split_heads(attn.key(hidden), heads, head_dim)
-    value = split_heads(attn.value(hidden), heads, head_dim)
-
-    # Local part: each block of `window` queries against the 3 * window keys around it.
-    q_blocks = nn.functional.pad(query, (0, 0, 0, pad_end)).unflatten(2, (-1, window))
-    k_blocks = neighbour_blocks(key.transpose(1, 2), window, pad_end).permute(0, 3, 1, 2, 4)
-    v_blocks = neighbour_blocks(value.transpose(1, 2), window, pad_end).permute(0, 3, 1, 2, 4)
-    # q_blocks: [batch, heads, n_blocks, window, head_dim]; k/v_blocks: [..., 3 * window, head_dim]
-    key_ok = neighbour_blocks(~(is_pad | is_global), window, pad_end)  # [batch, n_blocks, 3w]
-    local_ok = key_ok[:, None, :, None, :] & band_mask(window, hidden.device)
-    local_scores = torch.where(local_ok, q_blocks @ k_blocks.transpose(-1, -2), MASKED)
-
-    # Global keys seen by every query: the `key`/`value` projections at the global positions.
-    index = slots.positions[:, None, :, None].expand(-1, heads, -1, query.shape[-1])
-    global_key = key.gather(2, index)[:, :, None]  # [batch, heads, 1, G, head_dim]
-    global_value = value.gather(2, index)[:, :, None]
-    global_scores = q_blocks @ global_key.transpose(-1, -2)  # [batch, heads, n_blocks, window, G]
-    global_scores = torch.where(slots.valid[:, None, None, None, :], global_scores, MASKED)
-
-    probs = torch.cat([global_scores, local_scores], dim=-1).softmax(dim=-1, dtype=torch.float32)
-    probs = probs.to(hidden.dtype)
-    local_out = probs[..., -3 * window :] @ v_blocks + probs[..., : -3 * window] @ global_value
-    local_out = local_out.flatten(2, 3)[:, :, :seq_len]  # [batch, heads, seq, head_dim]
-    local_out = merge_heads(local_out)  # [batch, seq, d_model]
+    query = attn.query(hidden) * scale  # [batch, seq, d_model]
+    # Local part: each block of queries against the global keys and the keys around it, as one
+    # attention over [batch * n_blocks] rows; one gather builds each block's keys and values.
+    q_blocks = nn.functional.pad(query, (0, 0, 0, blocks.pad_end)).unflatten(1, (-1, blocks.block))
+    keys, values = [
+        blocks.key_source(x, slots, window)[:, blocks.key_index].flatten(0, 1)
+        for x in (attn.key(hidden), attn.value(hidden))
+    ]  # [batch * n_blocks, G + 1 + 2w + block, d_model]
+    local_out = multi_head_attention(q_blocks.flatten(0, 1), keys, values, blocks.bias, heads)
+    local_out = local_out.reshape(batch, -1, d_model)[:, :seq_len]  # [batch, seq, d_model]
 
     # Global queries attend to every non-padding key with the separate global projections.
     hidden_at_slots = hidden.gather(1, slots.positions[..., None].expand(-1, -1, d_model))

@@ -28,11 +28,12 @@ from transformers.utils import logging as hf_logging
 
 from ledserve.export.fp16 import to_fp16
 from ledserve.export.graphs import GRAPHS
+from ledserve.export.int8 import to_int8
 from ledserve.export.manifest import build_manifest, graph_signature
 from ledserve.export.validate import format_table, validate
 from ledserve.manifest import Graph, Manifest
 
-DTYPES = ("fp32", "fp16")
+DTYPES = ("fp32", "fp16", "int8")
 # Graphs whose initializers pass this many bytes keep their weights in one external data file
 # beside them (protobuf cannot hold a message of 2 GiB).
 EXTERNAL_DATA_BYTES = 1_900_000_000
@@ -51,7 +52,8 @@ class ExportConfig:
     output: Path
     """Artifacts folder to create."""
     dtype: str = "fp32"
-    """fp32, or fp16 (weights and activations; logits stay fp32)."""
+    """fp32, fp16 (weights and activations; logits stay fp32) or int8 (MatMul weights,
+    dynamically quantized activations; everything else fp32)."""
     opset: int = 17
     """ONNX opset of the exported graphs."""
     validate: bool = False
@@ -140,6 +142,9 @@ def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str) -> Gra
     if dtype == "fp16":
         with step(f"converting {path.name} to fp16"):
             model = to_fp16(traced / path.name, onnx_config.FP32_OUTPUTS)
+    elif dtype == "int8":
+        with step(f"quantizing {path.name} to int8"):
+            model = to_int8(traced / path.name)
     else:
         model = onnx.load(str(traced / path.name))
     save_onnx(model, path)

@@ -16,6 +16,7 @@ from torch import nn
 from ledserve.export.attention import (
     MASKED,
     global_slots,
+    local_blocks,
     longformer_self_attention,
     merge_heads,
     split_heads,
@@ -61,10 +62,14 @@ class EncoderGraph(nn.Module):
         positions = torch.arange(input_ids.shape[1], device=input_ids.device)
         hidden = encoder.embed_tokens(input_ids) + encoder.embed_positions.weight[positions]
         hidden = encoder.layernorm_embedding(hidden)  # [batch, seq, d_model]
+        layouts = {}  # window -> local_blocks, shared by the layers with that window
         for layer in encoder.layers:
             attn = layer.self_attn
+            window = attn.longformer_self_attn.one_sided_attn_window_size
+            if window not in layouts:
+                layouts[window] = local_blocks(is_pad, is_global, slots, window, hidden.dtype)
             attended = longformer_self_attention(
-                attn.longformer_self_attn, hidden, is_pad, is_global, slots
+                attn.longformer_self_attn, hidden, is_pad, is_global, slots, layouts[window]
             )
             hidden = layer.self_attn_layer_norm(hidden + attn.output(attended))
             ffn = layer.fc2(layer.activation_fn(layer.fc1(hidden)))

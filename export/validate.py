@@ -2,8 +2,13 @@
 
 The encoder is checked at lengths around the attention window (below, at, across its multiples),
 in padded batches and under several global-attention patterns; the decoder over teacher-forced
-steps with its KV cache. Errors are reported per output: max abs, and max abs relative to the
-largest reference magnitude. fp32 must match within an absolute 1e-4, fp16 within 1e-2 relative.
+steps with its KV cache. Errors are reported per output: max abs, max abs relative to the largest
+reference magnitude, and root-mean-square error relative to the reference's; with them the share
+of decoder steps whose argmax equals transformers'. fp32 must match within an absolute 1e-4, fp16
+within 1e-2 relative, int8 within 0.25 RMS-relative: on the tests' tiny random models (d_model
+24-32, one scale per weight tensor) int8 reached 0.14 in 24 runs, while every encoder weight scale
+off by 2x gave 2 to 3. int8 answer quality is measured on the trained demo model
+(benchmarks/quality.py, tests/test_demo_model.py), not here.
 """
 
 import numpy as np
@@ -20,7 +25,7 @@ from ledserve.export.graphs import (
 )
 from ledserve.manifest import Check, Validation
 
-TOLERANCES = {"fp32": ("max_abs", 1e-4), "fp16": ("max_rel", 1e-2)}
+TOLERANCES = {"fp32": ("max_abs", 1e-4), "fp16": ("max_rel", 1e-2), "int8": ("rms_rel", 0.25)}
 DECODER_STEPS = 20
 PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}
 
@@ -159,16 +164,12 @@ def compare(graph, output, case, got, want, dtype) -> Check:
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     max_abs = float(np.abs(got - want).max()) if got.size else 0.0
     max_rel = max_abs / max(float(np.abs(want).max()) if want.size else 0.0, 1e-12)
+    rms = lambda x: float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0  # noqa: E731
+    rms_rel = rms(got - want) / max(rms(want), 1e-12)
+    errors = {"max_abs": max_abs, "max_rel": max_rel, "rms_rel": rms_rel}
     metric, limit = TOLERANCES[dtype]
     finite = bool(np.isfinite(got).all())
-    return Check(
-        graph,
-        output,
-        case,
-        max_abs,
-        max_rel,
-        finite and {"max_abs": max_abs, "max_rel": max_rel}[metric] <= limit,
-    )
+    return Check(graph, output, case, max_abs, max_rel, finite and errors[metric] <= limit, rms_rel)
 
 
 def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = None) -> Validation:
@@ -179,7 +180,7 @@ def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = 
     encoder = session(folder / "encoder.onnx", device)
     decoder = session(folder / "decoder.onnx", device)
     encoder_names = [o.name for o in encoder.get_outputs()]
-    checks = []
+    checks, agree, steps_seen = [], 0, 0
     steps = min(DECODER_STEPS, config.max_decoder_position_embeddings)
     for case, inputs in encoder_cases(config, rng):
         want = reference_encoder(model, inputs)
@@ -194,6 +195,11 @@ def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = 
             model, want["last_hidden_state"], inputs["attention_mask"], tokens
         )
         got_logits = run_decoder_steps(decoder, config, got, inputs["attention_mask"], tokens)
+        argmax = [
+            np.argmax(g, -1) == np.argmax(w, -1)
+            for g, w in zip(got_logits, want_logits, strict=True)
+        ]
+        agree, steps_seen = agree + int(np.sum(argmax)), steps_seen + int(np.size(argmax))
         checks.append(
             compare(
                 "decoder",
@@ -212,6 +218,7 @@ def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = 
         criterion=f"{metric} <= {limit:g}",
         passed=all(c.passed for c in checks),
         checks=tuple(checks),
+        argmax_agreement=agree / max(steps_seen, 1),
     )
 
 
@@ -219,25 +226,20 @@ def format_table(report: Validation) -> str:
     """One row per graph output: the worst error over all cases."""
     worst: dict[tuple[str, str], list] = {}
     for c in report.checks:
-        row = worst.setdefault((c.graph, c.output), [0.0, 0.0, True, 0])
-        row[0], row[1] = max(row[0], c.max_abs), max(row[1], c.max_rel)
-        row[2], row[3] = row[2] and c.passed, row[3] + 1
-    rows = [("graph", "output", "cases", "max abs", "max rel", "ok")]
-    for (graph, output), (max_abs, max_rel, passed, cases) in worst.items():
-        rows.append(
-            (
-                graph,
-                output,
-                str(cases),
-                f"{max_abs:.2e}",
-                f"{max_rel:.2e}",
-                "yes" if passed else "NO",
-            )
-        )
+        row = worst.setdefault((c.graph, c.output), [0.0, 0.0, 0.0, True, 0])
+        row[:3] = max(row[0], c.max_abs), max(row[1], c.max_rel), max(row[2], c.rms_rel)
+        row[3], row[4] = row[3] and c.passed, row[4] + 1
+    rows = [("graph", "output", "cases", "max abs", "max rel", "rms rel", "ok")]
+    for (graph, output), (max_abs, max_rel, rms_rel, passed, cases) in worst.items():
+        rows.append((graph, output, str(cases), f"{max_abs:.2e}", f"{max_rel:.2e}",
+                     f"{rms_rel:.2e}", "yes" if passed else "NO"))  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = [
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
     ]
+    if report.argmax_agreement is not None:
+        lines.append(f"decoder argmax equal to transformers' at {report.argmax_agreement:.1%} "
+                     "of teacher-forced steps")  # fmt: skip
     verdict = "passed" if report.passed else "FAILED"
     lines.append(
         f"validation {verdict}: {report.dtype} on {report.device}, {report.criterion}, "

@@ -105,6 +105,8 @@ class Check:
     max_abs: float
     max_rel: float
     passed: bool
+    rms_rel: float = 0.0
+    """root-mean-square error relative to the reference's (0.0 in manifests that predate it)."""
 
 
 @dataclass(frozen=True)
@@ -116,6 +118,9 @@ class Validation:
     """e.g. "max_abs <= 0.0001"."""
     passed: bool
     checks: tuple[Check, ...]
+    argmax_agreement: float | None = None
+    """Share of teacher-forced decoder steps whose logits' argmax equals transformers' (None in
+    manifests that predate it)."""
 
 
 @dataclass(frozen=True)
@@ -128,7 +133,8 @@ class FileEntry:
 class Manifest:
     source: Source
     dtype: str
-    """fp32 or fp16 (of the weights and of every float tensor but logits and hidden states)."""
+    """fp32, fp16 (of the weights and of every float tensor but logits and hidden states) or int8
+    (of the MatMul weights)."""
     opset: int
     packages: dict[str, str | None]
     """Versions of the packages that made the artifacts."""

@@ -37,7 +37,7 @@ def exported(checkpoint, tmp_path_factory):
     """dtype -> artifacts folder of the checkpoint, each dtype exported once."""
     folder, _ = checkpoint
     out = {}
-    for dtype in ("fp32", "fp16"):
+    for dtype in ("fp32", "fp16", "int8"):
         target = tmp_path_factory.mktemp(f"artifacts-{dtype}") / "artifacts"
         export_model(ExportConfig(model=str(folder), output=target, dtype=dtype))
         out[dtype] = target

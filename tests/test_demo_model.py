@@ -1,6 +1,6 @@
 """The shipped demo model (demo/checkpoint/): on a fixed held-out set of generated documents the
-engine's fp32 answers equal transformers' generate, exact match stays above a floor, and fp16
-stays close to fp32. Also the generator and the training script themselves."""
+engine's fp32 answers equal transformers' generate, exact match stays above a floor, and fp16 and
+int8 stay close to fp32. Also the generator and the training script themselves."""
 
 import json
 import random
@@ -9,6 +9,7 @@ import re
 import pytest
 from transformers import AutoTokenizer, LEDForConditionalGeneration
 
+from ledserve.benchmarks.quality import token_agreement
 from ledserve.demo.model import DEMO_MODEL, demo_example
 from ledserve.demo.synthetic import LENGTHS, RELATIONS, examples, make_example
 from ledserve.demo.train import (
@@ -38,7 +39,7 @@ FAR_EXACT_MATCH_FLOOR = 0.57
 @pytest.fixture(scope="session")
 def demo_artifacts(tmp_path_factory):
     out = {}
-    for dtype in ("fp32", "fp16"):
+    for dtype in ("fp32", "fp16", "int8"):
         out[dtype] = tmp_path_factory.mktemp(f"demo-{dtype}") / "artifacts"
         export_model(ExportConfig(model=str(DEMO_MODEL), output=out[dtype], dtype=dtype))
     return out
@@ -116,18 +117,17 @@ def test_held_out_exact_match_is_above_the_floor(engine_fp32, tokenizer):
     assert far_match >= FAR_EXACT_MATCH_FLOOR
 
 
-def test_fp16_stays_close_to_fp32(demo_artifacts, engine_fp32, tokenizer):
-    """>= 95% of fp32's tokens equal at the same position, exact match down at most 2 points."""
-    fp16, _ = _engine_tokens(demo_artifacts["fp16"])
-    same = sum(
-        a == b
-        for ours, theirs in zip(fp16, engine_fp32, strict=True)
-        for a, b in zip(ours, theirs, strict=False)  # an early or late EOS: fewer pairs
-    )
-    agreement = same / sum(len(row) for row in engine_fp32)
-    drop = _exact_match(tokenizer, engine_fp32) - _exact_match(tokenizer, fp16)
-    print(f"fp16 token agreement {agreement:.4f}, exact-match drop {drop:.3f}")
-    assert agreement >= 0.95
+# Measured on 500 held-out documents (benchmarks/quality.py): tokens equal to fp32's 0.9998
+# (fp16) and 0.9984 (int8); exact match 0.684 fp32, 0.682 fp16, 0.674 int8. On these 100 a point
+# is one answer: the floors allow two.
+@pytest.mark.parametrize("dtype", ["fp16", "int8"])
+def test_reduced_precision_stays_close_to_fp32(demo_artifacts, engine_fp32, tokenizer, dtype):
+    """>= 99% of fp32's tokens equal at the same position, exact match down at most 2 points."""
+    rows, _ = _engine_tokens(demo_artifacts[dtype])
+    agreement = token_agreement(rows, engine_fp32)
+    drop = _exact_match(tokenizer, engine_fp32) - _exact_match(tokenizer, rows)
+    print(f"{dtype} token agreement {agreement:.4f}, exact-match drop {drop:.3f}")
+    assert agreement >= 0.99
     assert drop <= 0.02
 
 

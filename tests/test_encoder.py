@@ -1,9 +1,10 @@
 """encoder.onnx against transformers' LED encoder: lengths, padding, global patterns, dtypes."""
 
+import onnx
 import pytest
 import torch
 
-from ledserve.export.attention import global_slots
+from ledserve.export.attention import global_slots, neighbour_blocks, query_block
 from ledserve.export.validate import compare, random_encoder_inputs, reference_encoder, session
 
 PATTERNS = ["none", "first", "question", "random"]
@@ -74,3 +75,25 @@ def test_one_graph_serves_all_lengths(exported):
     encoder = session(exported["fp32"] / "encoder.onnx")
     for value in encoder.get_inputs():
         assert value.shape == ["batch", "encoder_sequence"], value
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16"])
+def test_local_attention_is_one_fused_node_per_layer(checkpoint, exported, dtype):
+    """Scores, bias, softmax and the value product of the local part run inside ONNX Runtime's
+    MultiHeadAttention kernel, not as graph-level passes over [heads, seq, keys] tensors."""
+    _, model = checkpoint
+    graph = onnx.load(str(exported[dtype] / "encoder.onnx"), load_external_data=False).graph
+    fused = [
+        n for n in graph.node if (n.domain, n.op_type) == ("com.microsoft", "MultiHeadAttention")
+    ]
+    assert len(fused) == model.config.encoder_layers
+    assert sum(n.op_type == "Softmax" for n in graph.node) == model.config.encoder_layers  # global
+
+
+def test_query_blocks_halve_even_windows():
+    assert [query_block(w) for w in (6, 2, 3, 5, 512)] == [3, 1, 3, 5, 256]
+    x = torch.arange(10)[None, :, None]  # [1, seq, 1]
+    blocks = neighbour_blocks(x + 1, window=4, block=2, pad_end=0)  # 0 marks "outside"
+    assert blocks.shape == (1, 5, 10, 1)
+    assert blocks[0, 0, :, 0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]  # positions -4 .. 5
+    assert blocks[0, 4, :, 0].tolist() == [5, 6, 7, 8, 9, 10, 0, 0, 0, 0]  # positions 4 .. 13

@@ -1,0 +1,129 @@
+"""The CPU fast path side by side: encoder latency by length, the greedy decode step at batch 1
+(the median gap between streamed tokens), and a greedy request end to end, for transformers (its
+default configuration and its best one: THP allocator on, threads = cores) and for any number of
+artifacts folders (fp32, int8, an older export, ...). Every side runs in its own process (the
+allocator setting is read at start), one after the other, medians of `--repeats` after a warm-up.
+
+    python -m ledserve.benchmarks.fast_path --checkpoint DIR \
+        --artifacts fp32=DIR --artifacts int8=DIR [--lengths 512,2048,...] \
+        [--generate 4096:128] [--repeats 3] [--baselines default,best]
+
+Prints one JSON line per side; `--out FILE` also writes them all as one JSON list.
+"""
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+BASELINES = {
+    "default": {"THP_MEM_ALLOC_ENABLE": "0"},
+    "best": {"THP_MEM_ALLOC_ENABLE": "1"},  # and torch threads = cores, set in the child
+}
+
+
+def _median(repeats: int, fn) -> float:
+    fn()  # warm-up at this shape
+    return statistics.median(_timed(fn) for _ in range(repeats))
+
+
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def _side(kind: str, source: str, lengths, generate, repeats: int) -> dict:
+    from ledserve.benchmarks.measure import Baseline, InProcess, inter_token, make_input
+
+    if kind == "transformers":
+        import torch
+
+        if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":
+            torch.set_num_threads(os.cpu_count())
+        side = Baseline(source, "cpu", "fp32")
+        vocab = side.model.config.vocab_size
+    else:
+        side = InProcess(source, "cpu")
+        vocab = side.engine.vocab_size
+    out = {"encoder_s": {}}
+    for length in lengths:
+        ids, glob = make_input(vocab, length, seed=length)
+        out["encoder_s"][length] = _median(repeats, lambda: side.encode(ids, glob))  # noqa: B023
+    length, new = generate
+    ids, glob = make_input(vocab, length, seed=length)
+    first = _median(repeats, lambda: side.generate(ids, glob, 1, 1))
+    traces = []
+    full = _median(repeats, lambda: traces.append(side.generate(ids, glob, new, 1)))
+    out["generate"] = {"input_tokens": length, "new_tokens": new, "end_to_end_s": full,
+                       "first_token_s": first,
+                       "step_s": inter_token(traces[1:])["p50_s"],  # [0]: the warm-up
+                       "tokens": traces[-1].tokens}  # fmt: skip
+    return out
+
+
+def measure(checkpoint, artifacts: dict, lengths, generate, repeats: int, baselines):
+    """Yields one result per side, each measured in a child process."""
+    sides = [(f"transformers-{b}", "transformers", checkpoint, BASELINES[b]) for b in baselines]
+    sides += [(f"engine-{name}", "engine", folder, {}) for name, folder in artifacts.items()]
+    for name, kind, source, env in sides:
+        command = [sys.executable, "-m", "ledserve.benchmarks.fast_path", "--child", kind,
+                   "--source", str(source), "--lengths", ",".join(map(str, lengths)),
+                   "--generate", f"{generate[0]}:{generate[1]}",
+                   "--repeats", str(repeats)]  # fmt: skip
+        print(f"[fast_path {time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
+        done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+        if done.returncode != 0:
+            yield {"side": name, "error": done.stderr.strip()[-2000:]}
+            continue
+        yield {"side": name, **env, **json.loads(done.stdout.strip().splitlines()[-1])}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ledserve.benchmarks.fast_path",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", help="the checkpoint the artifacts came from")
+    parser.add_argument("--artifacts", action="append", default=[], metavar="NAME=DIR")
+    parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
+    parser.add_argument("--generate", default="4096:128", help="input:new tokens, greedy")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--baselines", default="default,best")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--child", choices=("transformers", "engine"), help=argparse.SUPPRESS)
+    parser.add_argument("--source", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    lengths = [int(x) for x in args.lengths.split(",")]
+    generate = tuple(int(x) for x in args.generate.split(":"))
+    if args.child:
+        result = _side(args.child, args.source, lengths, generate, args.repeats)
+        print(json.dumps(result))
+        return 0
+    baselines = [b for b in args.baselines.split(",") if b]
+    if baselines and not args.checkpoint:
+        parser.error("--checkpoint is needed for the transformers baselines")
+    artifacts = dict(a.split("=", 1) for a in args.artifacts)
+    results, reference = [], None
+    for result in measure(args.checkpoint, artifacts, lengths, generate, args.repeats, baselines):
+        tokens = result.get("generate", {}).get("tokens")
+        if result["side"].startswith("transformers"):
+            reference = reference or tokens
+        elif tokens is not None and reference is not None:
+            result["tokens_equal_to_transformers"] = tokens == reference
+        results.append(result)
+        shown = {**result, "generate": {k: v for k, v in result.get("generate", {}).items()
+                                        if k != "tokens"}}  # fmt: skip
+        print(json.dumps(shown), flush=True)
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
