@@ -37,9 +37,10 @@ class Runtime:
         # Between runs the engine's own torch work (processors, search, cache) needs the cores:
         # ONNX Runtime's threads spinning after a run made each small torch op take ~6 ms.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # The memory pattern is planned per input shape: every new encoder length or decode batch
-        # shape kept a second arena block (9.7 vs 5.8 GiB after two 16k-token inputs) and made
-        # that shape's second run the slow one. Without it steady-state runs measured no slower.
+        # The memory pattern is planned per input shape and grows the arena again at a length's
+        # second run: without arena shrinkage, two 8k-token inputs took RSS 2.94 -> 3.12 GiB with
+        # it, 3.02 -> 3.03 GiB without (benchmarks/RESULTS.md, "CPU fast path"; 4.0 -> 6.0 GiB
+        # with the earlier attention graph); runs were not slower without it.
         options.enable_mem_pattern = False
         if profile is not None:
             options.enable_profiling, options.profile_file_prefix = True, profile

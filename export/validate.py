@@ -160,12 +160,15 @@ def run_decoder_steps(decoder: ort.InferenceSession, config, encoder_out, encode
     return logits
 
 
+def _rms(x: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0
+
+
 def compare(graph, output, case, got, want, dtype) -> Check:
     got, want = np.asarray(got, np.float32), np.asarray(want, np.float32)
     max_abs = float(np.abs(got - want).max()) if got.size else 0.0
     max_rel = max_abs / max(float(np.abs(want).max()) if want.size else 0.0, 1e-12)
-    rms = lambda x: float(np.sqrt(np.mean(np.square(x, dtype=np.float64)))) if x.size else 0.0  # noqa: E731
-    rms_rel = rms(got - want) / max(rms(want), 1e-12)
+    rms_rel = _rms(got - want) / max(_rms(want), 1e-12)
     errors = {"max_abs": max_abs, "max_rel": max_rel, "rms_rel": rms_rel}
     metric, limit = TOLERANCES[dtype]
     finite = bool(np.isfinite(got).all())
