@@ -15,8 +15,8 @@ from torch import nn
 # sum may become -inf: still exp() 0; a row with every key masked (only padding queries, whose
 # output is replaced by zeros) may then be NaN, which the replacing torch.where drops.
 MASKED = torch.finfo(torch.float32).min
-# Query blocks per attention window (see query_block); 2 measured fastest of 1, 2, 4, 8 on the
-# LED-base shape at 2048 tokens (CPU): 1 wastes a third of the scores, 4 and 8 copy keys more.
+# Query blocks per attention window (see query_block). On the LED-base shape at 2048 tokens (CPU):
+# 2 beat 1 (which scores a third more keys than needed); 4 and 8 were no faster.
 BLOCKS_PER_WINDOW = 2
 
 
@@ -132,17 +132,18 @@ class LocalBlocks:
     each block attends to the G + 1 global slots, then to the 2 * window + b positions around it.
     """
 
+    window: int
     block: int
     pad_end: int  # queries padded to a multiple of block
     key_index: torch.Tensor  # [n_blocks, G + 1 + 2w + b] int64: each block's keys in key_source()
     bias: torch.Tensor  # [batch * n_blocks, 1, b, G + 1 + 2w + b]: 0 or MASKED
 
-    def key_source(self, x: torch.Tensor, slots: GlobalSlots, window: int) -> torch.Tensor:
+    def key_source(self, x: torch.Tensor, slots: GlobalSlots) -> torch.Tensor:
         """[batch, seq, d] -> [batch, window + seq + window + pad_end + G + 1, d]: zeros around
         the sequence, then the rows of the global slots, so that one gather builds every block's
         keys (key_index)."""
         index = slots.positions[..., None].expand(-1, -1, x.shape[-1])  # [batch, G + 1, d]
-        padded = nn.functional.pad(x, (0, 0, window, window + self.pad_end))
+        padded = nn.functional.pad(x, (0, 0, self.window, self.window + self.pad_end))
         return torch.cat([padded, x.gather(1, index)], dim=1)
 
 
@@ -160,7 +161,7 @@ def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> L
     local = starts[:, None] + torch.arange(2 * window + block, device=device)  # [n, 2w + b]
     first_slot = seq_len + pad_end + 2 * window
     slot = torch.arange(slots.positions.shape[1], device=device)  # [G + 1]
-    key_index = torch.cat([first_slot + slot + starts[:, None] * 0, local], dim=1)
+    key_index = torch.cat([first_slot + slot + starts[:, None] * 0, local], dim=1)  # [n, G+1+2w+b]
 
     key_ok = neighbour_blocks(~(is_pad | is_global), window, block, pad_end)  # [b, n, 2w + b]
     q = torch.arange(block, device=device)[:, None]
@@ -173,7 +174,7 @@ def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> L
     ok = torch.cat([global_ok, local_ok], dim=-1).flatten(0, 1)[:, None]
     zero = torch.zeros((), dtype=dtype, device=device)
     bias = torch.where(ok, zero, torch.tensor(MASKED, dtype=dtype, device=device))
-    return LocalBlocks(block, pad_end, key_index, bias)
+    return LocalBlocks(window, block, pad_end, key_index, bias)
 
 
 def longformer_self_attention(
@@ -194,7 +195,7 @@ def longformer_self_attention(
     transformers.
     """
     batch, seq_len, d_model = hidden.shape
-    heads, head_dim, window = attn.num_heads, attn.head_dim, attn.one_sided_attn_window_size
+    heads, head_dim = attn.num_heads, attn.head_dim
     scale = head_dim**-0.5
 
     query = attn.query(hidden) * scale  # [batch, seq, d_model]
@@ -202,7 +203,7 @@ def longformer_self_attention(
     # attention over [batch * n_blocks] rows; one gather builds each block's keys and values.
     q_blocks = nn.functional.pad(query, (0, 0, 0, blocks.pad_end)).unflatten(1, (-1, blocks.block))
     keys, values = [
-        blocks.key_source(x, slots, window)[:, blocks.key_index].flatten(0, 1)
+        blocks.key_source(x, slots)[:, blocks.key_index].flatten(0, 1)
         for x in (attn.key(hidden), attn.value(hidden))
     ]  # [batch * n_blocks, G + 1 + 2w + block, d_model]
     local_out = multi_head_attention(q_blocks.flatten(0, 1), keys, values, blocks.bias, heads)
