@@ -34,19 +34,22 @@ def measure(artifacts: dict, lengths, step_input: int, new_tokens: int, repeats:
             trace = side.generate(ids, glob, new_tokens, 1)
             if r:
                 runs[name]["step_s"].append(inter_token([trace])["p50_s"])
-    first = next(iter(sides))
+    medians = {
+        name: {"encoder_s": {n: statistics.median(v) for n, v in r["encoder_s"].items()},
+               "step_s": statistics.median(r["step_s"])}
+        for name, r in runs.items()
+    }  # fmt: skip
+    first = medians[next(iter(sides))]
     out = {"lengths": lengths, "step_input_tokens": step_input, "new_tokens": new_tokens,
            "repeats": repeats, "sides": {}}  # fmt: skip
-    for name, r in runs.items():
-        encoder = {n: statistics.median(v) for n, v in r["encoder_s"].items()}
-        step = statistics.median(r["step_s"])
-        base_encoder = {n: statistics.median(v) for n, v in runs[first]["encoder_s"].items()}
+    for name, m in medians.items():
         out["sides"][name] = {
-            "encoder_s": encoder,
-            "step_s": step,
-            "encoder_speedup_vs_first": {n: base_encoder[n] / encoder[n] for n in lengths},
-            "step_speedup_vs_first": statistics.median(runs[first]["step_s"]) / step,
-            "runs": r,
+            **m,
+            "encoder_speedup_vs_first": {
+                n: first["encoder_s"][n] / m["encoder_s"][n] for n in lengths
+            },
+            "step_speedup_vs_first": first["step_s"] / m["step_s"],
+            "runs": runs[name],
         }
     return out
 

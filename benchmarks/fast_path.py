@@ -15,14 +15,15 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
+from ledserve.benchmarks import machine
+
 BASELINES = {
     "default": {"THP_MEM_ALLOC_ENABLE": "0"},
-    "best": {"THP_MEM_ALLOC_ENABLE": "1"},  # and torch threads = cores, set in the child
+    "best": machine.BEST_TORCH_ENV,  # and torch threads = cores, set in the child
 }
 
 
@@ -71,16 +72,11 @@ def measure(checkpoint, artifacts: dict, lengths, generate, repeats: int, baseli
     sides = [(f"transformers-{b}", "transformers", checkpoint, BASELINES[b]) for b in baselines]
     sides += [(f"engine-{name}", "engine", folder, {}) for name, folder in artifacts.items()]
     for name, kind, source, env in sides:
-        command = [sys.executable, "-m", "ledserve.benchmarks.fast_path", "--child", kind,
-                   "--source", str(source), "--lengths", ",".join(map(str, lengths)),
-                   "--generate", f"{generate[0]}:{generate[1]}",
-                   "--repeats", str(repeats)]  # fmt: skip
+        args = ["--child", kind, "--source", str(source), "--lengths", ",".join(map(str, lengths)),
+                "--generate", f"{generate[0]}:{generate[1]}",
+                "--repeats", str(repeats)]  # fmt: skip
         print(f"[fast_path {time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
-        done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
-        if done.returncode != 0:
-            yield {"side": name, "error": done.stderr.strip()[-2000:]}
-            continue
-        yield {"side": name, **env, **json.loads(done.stdout.strip().splitlines()[-1])}
+        yield {"side": name, **env, **machine.run_child("ledserve.benchmarks.fast_path", args, env)}
 
 
 def main(argv=None) -> int:

@@ -1,9 +1,12 @@
 """The machine a benchmark ran on: its description, its own measured matmul rate and memory
 bandwidth (the floors' denominators, measured in the same run), and a peak-memory sampler."""
 
+import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import threading
 import time
 
@@ -37,6 +40,21 @@ def describe(device: str) -> dict:
     if device == "cuda":
         info["gpu"] = torch.cuda.get_device_name(0)
     return info
+
+
+# PyTorch's best CPU allocator (transparent huge pages). It is read when the process starts, so a
+# baseline measured both ways runs in child processes with this in their environment.
+BEST_TORCH_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
+
+
+def run_child(module: str, args: list[str], env: dict) -> dict:
+    """`python -m <module> <args>` with `env` added to this process's environment -> the JSON
+    object its last output line holds, or {"error": the end of its stderr} if it failed."""
+    command = [sys.executable, "-m", module, *args]
+    done = subprocess.run(command, env={**os.environ, **env}, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": done.stderr.strip()[-2000:]}
+    return json.loads(done.stdout.strip().splitlines()[-1])
 
 
 def _median_seconds(fn, repeats: int, sync) -> float:

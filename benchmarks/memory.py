@@ -13,9 +13,9 @@ import argparse
 import json
 import os
 import resource
-import subprocess
-import sys
 import time
+
+from ledserve.benchmarks import machine
 
 
 def _peak_mib() -> float:
@@ -72,18 +72,12 @@ def measure(artifacts, checkpoint, lengths, new_tokens: int, sides, device: str 
     """One child process per (side, length); yields their JSON results."""
     for length in lengths:
         for side in sides:
-            env = dict(os.environ)
-            if side == "transformers":
-                env["THP_MEM_ALLOC_ENABLE"] = "1"  # PyTorch's best CPU allocator setting
-            command = [sys.executable, "-m", "ledserve.benchmarks.memory", "--child", side,
-                       "--length", str(length), "--new-tokens", str(new_tokens),
-                       "--device", device, "--artifacts", str(artifacts),
-                       "--checkpoint", str(checkpoint)]  # fmt: skip
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
-            if done.returncode != 0:
-                yield {"side": side, "length": length, "error": done.stderr.strip()[-2000:]}
-            else:
-                yield json.loads(done.stdout.strip().splitlines()[-1])
+            env = machine.BEST_TORCH_ENV if side == "transformers" else {}
+            args = ["--child", side, "--length", str(length), "--new-tokens", str(new_tokens),
+                    "--device", device, "--artifacts", str(artifacts),
+                    "--checkpoint", str(checkpoint)]  # fmt: skip
+            result = machine.run_child("ledserve.benchmarks.memory", args, env)
+            yield {"side": side, "length": length, **result}
 
 
 def main(argv=None) -> int:
