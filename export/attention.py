@@ -59,23 +59,6 @@ def query_block(window: int) -> int:
     return window // BLOCKS_PER_WINDOW if window % BLOCKS_PER_WINDOW == 0 else window
 
 
-def neighbour_blocks(x: torch.Tensor, window: int, block: int, pad_end) -> torch.Tensor:
-    """Blocks of `block` positions along dim 1 of x, each with `window` positions either side.
-
-    x: [batch, seq, ...] -> [batch, n_blocks, 2 * window + block, ...], n_blocks =
-    ceil(seq / block), `block` dividing `window`; positions outside [0, seq) are zero (or False).
-    Constant slices of a blocked view, so no index depends on the length.
-    """
-    padding = [0, 0] * (x.dim() - 2) + [window, window + pad_end]
-    if x.dtype == torch.bool:
-        padded = nn.functional.pad(x.to(torch.uint8), padding).bool()
-    else:
-        padded = nn.functional.pad(x, padding)
-    blocks = padded.unflatten(1, (-1, block))  # [batch, n_blocks + 2 * r, block, ...]
-    span = 2 * (window // block)  # blocks of neighbours, r either side
-    return torch.cat([blocks[:, i : (i - span) or None] for i in range(span + 1)], dim=2)
-
-
 def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
     """[batch, seq, heads * head_dim] -> [batch, heads, seq, head_dim]"""
     return x.unflatten(-1, (num_heads, head_dim)).transpose(1, 2)
@@ -161,17 +144,22 @@ def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> L
     local = starts[:, None] + torch.arange(2 * window + block, device=device)  # [n, 2w + b]
     first_slot = seq_len + pad_end + 2 * window
     slot = torch.arange(slots.positions.shape[1], device=device)  # [G + 1]
-    key_index = torch.cat([first_slot + slot + starts[:, None] * 0, local], dim=1)  # [n, G+1+2w+b]
+    key_index = torch.cat([first_slot + slot + starts[:, None] * 0, local], dim=1)  # [n, keys]
 
-    key_ok = neighbour_blocks(~(is_pad | is_global), window, block, pad_end)  # [b, n, 2w + b]
+    # Which keys exist, laid out like key_source: a position that is neither padding nor global
+    # (nor outside the sequence), then each global slot that holds a global token.
+    allowed = nn.functional.pad((~(is_pad | is_global)).to(torch.uint8), (window, window + pad_end))
+    allowed = torch.cat([allowed, slots.valid.to(torch.uint8)], dim=1).bool()
+    key_ok = allowed[:, key_index]  # [batch, n_blocks, G + 1 + 2w + b]
     q = torch.arange(block, device=device)[:, None]
     k = torch.arange(2 * window + block, device=device)[None, :]
     in_band = (k - window - q).abs() <= window  # [block, 2w + block]
-    local_ok = key_ok[:, :, None, :] & in_band  # [batch, n_blocks, block, 2w + block]
-    # Broadcast against a tensor's values, not to a size: the tracer freezes sizes (expand) and
-    # export folds data-free tensors (ones_like) into constants of the traced shape.
-    global_ok = slots.valid[:, None, None, :] & (local_ok[..., :1] | ~local_ok[..., :1])
-    ok = torch.cat([global_ok, local_ok], dim=-1).flatten(0, 1)[:, None]
+    # Every query sees every slot. Broadcast against tensors' values, not to a size: the tracer
+    # freezes sizes (expand) and export folds data-free tensors (ones_like) into constants of
+    # the traced shape.
+    any_slot = (slot[None, :] >= 0) & (q >= 0)  # [block, G + 1]
+    ok = key_ok[:, :, None, :] & torch.cat([any_slot, in_band], dim=1)  # [b, n, block, keys]
+    ok = ok.flatten(0, 1)[:, None]
     zero = torch.zeros((), dtype=dtype, device=device)
     bias = torch.where(ok, zero, torch.tensor(MASKED, dtype=dtype, device=device))
     return LocalBlocks(window, block, pad_end, key_index, bias)

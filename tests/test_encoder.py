@@ -4,7 +4,7 @@ import onnx
 import pytest
 import torch
 
-from ledserve.export.attention import global_slots, neighbour_blocks, query_block
+from ledserve.export.attention import global_slots, local_blocks, query_block
 from ledserve.export.validate import compare, random_encoder_inputs, reference_encoder, session
 
 PATTERNS = ["none", "first", "question", "random"]
@@ -90,10 +90,21 @@ def test_local_attention_is_one_fused_node_per_layer(checkpoint, exported, dtype
     assert sum(n.op_type == "Softmax" for n in graph.node) == model.config.encoder_layers  # global
 
 
-def test_query_blocks_halve_even_windows():
+def test_query_blocks_and_their_keys():
     assert [query_block(w) for w in (6, 2, 3, 5, 512)] == [3, 1, 3, 5, 256]
     x = torch.arange(10)[None, :, None]  # [1, seq, 1]
-    blocks = neighbour_blocks(x + 1, window=4, block=2, pad_end=0)  # 0 marks "outside"
-    assert blocks.shape == (1, 5, 10, 1)
-    assert blocks[0, 0, :, 0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]  # positions -4 .. 5
-    assert blocks[0, 4, :, 0].tolist() == [5, 6, 7, 8, 9, 10, 0, 0, 0, 0]  # positions 4 .. 13
+    is_global = torch.zeros(1, 10, dtype=torch.bool)
+    is_global[0, 7] = True
+    slots = global_slots(is_global)
+    layout = local_blocks(torch.zeros(1, 10, dtype=torch.bool), is_global, slots, 4, torch.float32)
+    assert layout.block == 2
+    blocks = layout.key_source(x + 1, slots)[:, layout.key_index]  # 0 marks "outside"
+    assert blocks.shape == (1, 5, 2 + 10, 1)  # G + 1 = 2 global slots, then 2w + b keys
+    assert blocks[0, :, :2, 0].tolist() == [[8, 1]] * 5  # position 7, then the empty slot
+    assert blocks[0, 0, 2:, 0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]  # positions -4 .. 5
+    assert blocks[0, 4, 2:, 0].tolist() == [5, 6, 7, 8, 9, 10, 0, 0, 0, 0]  # positions 4 .. 13
+    allowed = layout.bias[:, 0] == 0  # [n_blocks, b, keys]
+    assert allowed[:, :, 0].all() and not allowed[:, :, 1].any()  # the global token; empty slot
+    assert not any(allowed[j, :, 2 + 11 - 2 * j].any() for j in range(1, 5))  # 7: not local
+    assert not allowed[0, 0, 2:6].any()  # positions -4 .. -1 do not exist
+    assert not allowed[0, 0, 2 + 9] and allowed[0, 1, 2 + 9]  # position 5: 5 away, then 4
