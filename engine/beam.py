@@ -1,6 +1,9 @@
 """Beam search for one request with transformers' exact semantics (its vectorised `_beam_search`,
 batch size 1): top-k continuations, running beams, the finished set, length penalty, the three
 early-stopping modes and their stopping heuristic, in float32 as transformers computes them.
+A step has two halves: `propose` on the device (the candidates), `settle` on the host (the
+beams); the engine proposes for every beam request of a step after one log_softmax
+(`propose_all`) and brings all candidates to the host in the step's one copy.
 """
 
 import numpy as np
@@ -30,22 +33,35 @@ class BeamSearch(Search):
 
     def step(self, logits: torch.Tensor) -> np.ndarray:
         """logits: [beams, vocab] of the running beams, on the device -> index of the beam each
-        new one extends. Only the `keep` best candidates (ids and scores) come to the host."""
-        params, beams = self.params, self.params.num_beams
-        cur_len, vocab = self.sequences.shape[1], logits.shape[-1]
-        log_probs = self.process(logits.float().log_softmax(dim=-1))
-        beam_scores = torch.as_tensor(self.running_scores, device=logits.device)
-        accumulated = (log_probs + beam_scores[:, None]).reshape(-1)  # [beams * vocab]
+        new one extends (the engine runs the same two halves batched: `propose_all`)."""
+        proposal = self.propose(logits.float().log_softmax(dim=-1))
+        return self.settle(proposal.cpu().numpy(), logits.shape[-1])
 
+    def propose(self, log_probs: torch.Tensor) -> torch.Tensor:
+        """log_probs [beams, vocab] float32 on the device -> the `keep` best candidates as one
+        [2 * keep] float64 tensor on the device: their scores, then their flat indices
+        (beam * vocab + token); float64 holds both exactly, so they cross in one copy."""
+        params = self.params
+        log_probs = self.process(log_probs)
+        beam_scores = torch.as_tensor(self.running_scores, device=log_probs.device)
+        accumulated = (log_probs + beam_scores[:, None]).reshape(-1)  # [beams * vocab]
         if params.do_sample:
-            generator = self.generator(logits.device)
+            generator = self.generator(log_probs.device)
             top = torch.multinomial(accumulated.softmax(-1), self.keep, generator=generator)
             top_scores = accumulated[top]
         else:
             top_scores, top = torch.topk(accumulated, self.keep)  # as transformers, ties too
         if self.diagnostics:
             self._note_margin(torch.topk(accumulated, self.keep + 1).values.cpu().numpy())
-        top, top_scores = top.cpu().numpy(), top_scores.cpu().numpy()
+        return torch.cat([top_scores.double(), top.double()])
+
+    def settle(self, proposal: np.ndarray, vocab: int) -> np.ndarray:
+        """proposal: `propose`'s candidates on the host -> index of the beam each new one
+        extends; the running beams, the finished set and the stopping state move on."""
+        params, beams = self.params, self.params.num_beams
+        cur_len = self.sequences.shape[1]
+        top_scores = proposal[: self.keep].astype(np.float32)
+        top = proposal[self.keep :].astype(np.int64)
         top_beams, top_tokens = top // vocab, top % vocab
         candidates = np.concatenate([self.sequences[top_beams], top_tokens[:, None]], axis=1)
         hits = np.isin(top_tokens, self.eos) | (cur_len + 1 >= self.max_length)
@@ -102,3 +118,19 @@ class BeamSearch(Search):
 def _topk(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the k best, in torch.topk's order (so exact ties break as transformers')."""
     return torch.topk(torch.from_numpy(scores), k).indices.numpy()
+
+
+def propose_all(logits: torch.Tensor, beams: list) -> list:
+    """logits [rows, vocab]; beams: (request, its rows) of the step's beam requests -> for each,
+    its `propose` tensor, or the exception it raised (that request only fails). One log_softmax
+    covers every beam row."""
+    index = np.concatenate([np.arange(rows.start, rows.stop) for _, rows in beams])
+    log_probs = logits[torch.from_numpy(index).to(logits.device)].float().log_softmax(dim=-1)
+    proposals, at = [], 0
+    for r, _ in beams:
+        own, at = log_probs[at : at + r.rows], at + r.rows
+        try:
+            proposals.append(r.search.propose(own))
+        except Exception as e:
+            proposals.append(e)
+    return proposals

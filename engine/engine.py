@@ -3,9 +3,9 @@
 Every step follows the scheduler's plan (engine/scheduler.py): admitted requests go, batched by
 length, to the encoder thread (engine/encoder.py), those whose encoding finished join the decode
 batch (engine/batch.py), one decoder run covers every live row, tokens are chosen
-(engine/sampler.py for greedy and sampling, engine/beam.py per beam request), settled tokens are
-emitted, and the scheduler ends finished, failed and cancelled requests. `generate` and `stream`
-drive the loop themselves when no loop thread runs.
+(engine/sampler.py for greedy and sampling, engine/beam.py for beam search) and cross to the
+host in one copy, settled tokens are emitted, and the scheduler ends finished, failed and
+cancelled requests. `generate` and `stream` drive the loop themselves when no loop thread runs.
 """
 
 import functools
@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ledserve.engine import beam
 from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.batch import DecodeBatch
 from ledserve.engine.detokenize import Detokenizer
@@ -24,7 +25,7 @@ from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
 from ledserve.engine.runtime import Runtime, resolve_device
-from ledserve.engine.sampler import choose_tokens
+from ledserve.engine.sampler import choose_tokens, settle_tokens
 from ledserve.engine.scheduler import Scheduler
 from ledserve.engine.search import TokenSearch
 from ledserve.manifest import Manifest
@@ -224,27 +225,36 @@ class Engine:
         self.decoder_calls += 1
         self.decoder_rows += len(tokens)
         finite = torch.isfinite(logits).all(dim=-1)  # [rows] bool, before any processor's -inf
-        reorder = np.arange(len(tokens))  # each row's source row in present
         picks, beams = [], []  # (request, its rows): greedy and sampling; beam search
         start = 0
         for r in batch.requests:
             rows = slice(start, start + r.rows)
             start += r.rows
-            if isinstance(r.search, TokenSearch):
-                picks.append((r, rows))
+            (picks if isinstance(r.search, TokenSearch) else beams).append((r, rows))
+        tokens, errors = choose_tokens(logits, picks)
+        proposals = beam.propose_all(logits, beams) if beams else []
+        candidates = [p for p in proposals if isinstance(p, torch.Tensor)]
+        parts = [tokens.double(), *candidates, finite.double()]
+        host = torch.cat(parts).cpu().numpy()  # the step's one device->host copy
+        host, finite = host[: -len(finite)], host[-len(finite) :].astype(bool)
+        settle_tokens(picks, host[: len(tokens)].astype(np.int64), finite, errors)
+        at, vocab = len(tokens), logits.shape[-1]
+        reorder = np.arange(len(finite))  # each row's source row in present
+        for (r, rows), proposal in zip(beams, proposals, strict=True):
+            if isinstance(proposal, Exception):  # this request only; the others go on
+                r.fail(proposal)
+                continue
+            own, at = host[at : at + len(proposal)], at + len(proposal)
+            if not finite[rows].all():
+                r.fail("the decoder produced non-finite logits (fp16 overflow?)")
                 continue
             try:
-                order = r.search.step(logits[rows])  # beam search: top-k and reorder
-            except Exception as e:  # this request only; the others go on
+                order = r.search.settle(own, vocab)
+            except Exception as e:
                 r.fail(e)
                 continue
             reorder[rows] = np.arange(rows.start, rows.stop)[order]
-            beams.append((r, rows))
-        finite = choose_tokens(logits, picks, finite)
-        for r, rows in beams:
-            if not finite[rows].all():
-                r.fail("the decoder produced non-finite logits (fp16 overflow?)")
-            elif not r.search.done:
+            if not r.search.done:
                 r.emit_progress()
         batch.advance(present, reorder)
 

@@ -18,14 +18,54 @@ from ledserve.engine.params import GenerationParams
 NEG_INF = float("-inf")
 
 
+# -- score transforms, each row with its own parameter -------------------------------------
+# A parameter is a float (one request's rows) or a [rows, 1] / [rows] tensor holding each row's
+# value as float32 (many requests' rows in one pass); every row gets, to the bit, what
+# transformers computes for it with the float.
+
+
+def divide(scores: torch.Tensor, by) -> torch.Tensor:
+    """scores / by, computed as torch computes a division by a Python float: CUDA multiplies by
+    the float32 reciprocal of a scalar, the CPU divides."""
+    if isinstance(by, torch.Tensor) and scores.is_cuda:
+        return scores * by.reciprocal()
+    return scores / by
+
+
+def penalize(scores: torch.Tensor, ids: torch.Tensor, penalty) -> torch.Tensor:
+    """transformers' repetition penalty. ids [rows, length] int64: each row's tokens so far (a
+    row shorter than the others is padded by repeating one of its own tokens)."""
+    picked = torch.gather(scores, 1, ids)
+    picked = torch.where(picked < 0, picked * penalty, divide(picked, penalty))
+    return scores.scatter(1, ids, picked)
+
+
+def top_k(scores: torch.Tensor, k) -> torch.Tensor:
+    """Keep each row's k best (ties with the k-th included); k an int, or [rows] int64."""
+    if isinstance(k, int):
+        kth = torch.topk(scores, min(k, scores.shape[-1]))[0][..., -1, None]
+    else:
+        k = k.clamp(max=scores.shape[-1])
+        kth = torch.topk(scores, int(k.max()))[0].gather(1, k[:, None] - 1)
+    return scores.masked_fill(scores < kth, NEG_INF)
+
+
+def top_p(scores: torch.Tensor, top_p, keep: int) -> torch.Tensor:
+    """Keep each row's smallest set of best tokens whose probability reaches top_p (at least
+    `keep`). A tensor top_p holds each row's `1 - top_p` as float32 (see `Warps`)."""
+    ordered, order = torch.sort(scores, descending=False)
+    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
+    remove = cumulative <= (top_p if isinstance(top_p, torch.Tensor) else 1 - top_p)
+    remove[..., -keep:] = False
+    return scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
+
+
 class RepetitionPenalty:
     def __init__(self, penalty: float):
         self.penalty = penalty
 
     def __call__(self, ids, scores):
-        picked = torch.gather(scores, 1, ids)
-        picked = torch.where(picked < 0, picked * self.penalty, picked / self.penalty)
-        return scores.scatter(1, ids, picked)
+        return penalize(scores, ids, self.penalty)
 
 
 class Masks:
@@ -119,17 +159,15 @@ class Temperature:
         self.temperature = temperature
 
     def __call__(self, ids, scores):
-        return scores / self.temperature
+        return divide(scores, self.temperature)
 
 
 class TopK:
-    def __init__(self, top_k: int, min_tokens_to_keep: int = 1):
-        self.top_k = max(top_k, min_tokens_to_keep)
+    def __init__(self, k: int, min_tokens_to_keep: int = 1):
+        self.k = max(k, min_tokens_to_keep)
 
     def __call__(self, ids, scores):
-        k = min(self.top_k, scores.shape[-1])
-        kth = torch.topk(scores, k)[0][..., -1, None]
-        return scores.masked_fill(scores < kth, NEG_INF)
+        return top_k(scores, self.k)
 
 
 class TopP:
@@ -137,11 +175,75 @@ class TopP:
         self.top_p, self.keep = top_p, min_tokens_to_keep
 
     def __call__(self, ids, scores):
-        ordered, order = torch.sort(scores, descending=False)
-        cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-        remove = cumulative <= (1 - self.top_p)
-        remove[..., -self.keep :] = False
-        return scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
+        return top_p(scores, self.top_p, self.keep)
+
+
+# -- the transforms of many requests at once (engine/sampler.py) ---------------------------
+
+
+class Penalties:
+    """The repetition penalty of many requests' rows, applied in one gather and one scatter."""
+
+    def __init__(self):
+        self.rows: list[int] = []
+        self.sequences: list[list[int]] = []  # each row's tokens so far
+        self.penalties: list[float] = []
+
+    def add(self, first_row: int, sequences: np.ndarray, penalty: float):
+        """Rows first_row ... of one request: sequences [rows, length], the tokens so far."""
+        for row, tokens in enumerate(sequences.tolist(), first_row):
+            self.rows.append(row)
+            self.sequences.append(tokens)
+            self.penalties.append(penalty)
+
+    def apply(self, scores: torch.Tensor):
+        """Penalize the added rows of `scores` [rows, vocab] in place."""
+        if not self.rows:
+            return
+        width = max(map(len, self.sequences))
+        ids = np.array([s + s[:1] * (width - len(s)) for s in self.sequences])  # [n, width]
+        device = scores.device
+        rows = torch.tensor(self.rows, device=device)
+        penalty = torch.tensor(self.penalties, dtype=scores.dtype, device=device)[:, None]
+        scores[rows] = penalize(scores[rows], torch.as_tensor(ids, device=device), penalty)
+
+
+class Warps:
+    """Temperature, top-k and top-p of many sampling requests' rows, each row with its request's
+    values, in one pass per kind over the rows that need it (transformers' order)."""
+
+    def __init__(self):
+        self.rows: list[int] = []
+        self.temperature: list[float] = []
+        self.top_k: list[int] = []  # 0: none
+        self.top_p: list[float] = []
+
+    def add(self, rows: range, params: GenerationParams):
+        for row in rows:
+            self.rows.append(row)
+            self.temperature.append(params.temperature)
+            self.top_k.append(params.top_k)
+            self.top_p.append(params.top_p)
+
+    def __bool__(self) -> bool:
+        return bool(self.rows)
+
+    def apply(self, scores: torch.Tensor) -> torch.Tensor:
+        """scores [rows, vocab] -> the added rows' warped scores [added rows, vocab], in order."""
+        device = scores.device
+        warped = scores[torch.tensor(self.rows, device=device)]
+        if any(t != 1.0 for t in self.temperature):  # x / 1 is x: rows without one pass as is
+            t = torch.tensor(self.temperature, dtype=scores.dtype, device=device)
+            warped = divide(warped, t[:, None])
+        some = [i for i, k in enumerate(self.top_k) if k]
+        if some:
+            k = torch.tensor([self.top_k[i] for i in some], device=device)
+            warped[some] = top_k(warped[some], k)
+        some = [i for i, p in enumerate(self.top_p) if p < 1.0]
+        if some:  # 1 - top_p in double, then float32: what transformers' comparison uses
+            threshold = np.array([1 - self.top_p[i] for i in some], dtype=np.float32)
+            warped[some] = top_p(warped[some], torch.tensor(threshold, device=device)[:, None], 1)
+        return warped
 
 
 def build(params: GenerationParams, prompt_length: int = 1) -> list:

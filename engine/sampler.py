@@ -1,11 +1,12 @@
 """Token choice for every greedy and sampling row of a decoder step at once.
 
-Each request's own score transforms run on its rows (the repetition penalty before the masks;
-temperature, top-k and top-p after them, sampling requests only); the masking processors of all
-requests (n-gram bans, minimum lengths, forced tokens) are written into the batch's logits in one
-indexed write; the greedy rows take one argmax; the chosen tokens, and each row's finite-logits
-flag, cross to the host in one copy. A sampling request draws with its own generator, so a seed
-gives the same tokens whatever shares the batch. Beam search is engine/beam.py, per request.
+Each kind of processing runs once over the rows that need it, each row with its own request's
+parameters, in transformers' order: the repetition penalty, then the masking processors (n-gram
+bans, minimum lengths, forced tokens) in one indexed write, then one argmax for the greedy rows
+and, for the sampling rows, temperature, top-k and top-p and one softmax. Each sampling request
+draws from its rows with its own generator, so a seed gives the same tokens whatever shares the
+batch. Beam search is engine/beam.py; the engine brings the step's tokens, beam candidates and
+finite-logits flags to the host in one copy.
 """
 
 import numpy as np
@@ -15,42 +16,51 @@ from ledserve.engine import processors
 from ledserve.engine.request import Request
 
 
-def choose_tokens(logits: torch.Tensor, picks: list[tuple[Request, slice]],
-                  finite: torch.Tensor) -> np.ndarray:  # fmt: skip
+def choose_tokens(logits: torch.Tensor, picks: list[tuple[Request, slice]]
+                  ) -> tuple[torch.Tensor, dict]:  # fmt: skip
     """logits [rows, vocab] of the step (the picks' rows are processed in place); picks: the
-    greedy and sampling requests with their rows; finite [rows] bool, on the device. Appends each
-    request's tokens (a request whose rows are not finite, or whose processing raised, fails
-    instead: that request only, the others go on) and returns `finite` on the host."""
-    masks, errors = processors.Masks(), {}
+    greedy and sampling requests with their rows -> every pick's tokens, in order, as one
+    [their rows] int64 tensor on the device, and the exceptions raised while processing a
+    request's rows, by request id (that request only fails; `settle_tokens`)."""
+    penalties, masks, errors = processors.Penalties(), processors.Masks(), {}
     for r, rows in picks:
         search = r.search
         try:
-            if search.pre:  # repetition penalty: before the masks, on this request's rows
-                ids = torch.as_tensor(search.sequences, device=logits.device)
-                logits[rows] = processors.apply(search.pre, ids, logits[rows])
+            if search.params.repetition_penalty != 1.0:
+                penalties.add(rows.start, search.sequences, search.params.repetition_penalty)
             for processor in search.masking:
                 processor.mark(search.sequences, masks, rows.start)
         except Exception as e:
             errors[r.id] = e
+    penalties.apply(logits)
     masks.apply(logits)
     best = logits.argmax(dim=-1)  # [rows]
-    chosen = []  # per pick, [its rows] int64 on the device
+    sampling = [(r, rows) for r, rows in picks if r.search.params.do_sample and r.id not in errors]
+    if sampling:
+        warps = processors.Warps()
+        for r, rows in sampling:
+            warps.add(range(rows.start, rows.stop), r.search.params)
+        probs = warps.apply(logits).softmax(dim=-1)  # [sampling rows, vocab]
+    chosen, at = [], 0  # per pick, [its rows] int64 on the device
     for r, rows in picks:
         search = r.search
         try:
-            if r.id not in errors and search.params.do_sample:
-                scores = logits[rows]
-                if search.post:  # temperature, top-k, top-p
-                    ids = torch.as_tensor(search.sequences, device=logits.device)
-                    scores = processors.apply(search.post, ids, scores)
-                chosen.append(search.sample(scores))
+            if search.params.do_sample and r.id not in errors:
+                own, at = probs[at : at + r.rows], at + r.rows
+                chosen.append(search.draw(own))
                 continue
             search.note_margins(logits[rows])
         except Exception as e:
             errors.setdefault(r.id, e)
         chosen.append(best[rows])
-    host = torch.cat([*chosen, finite.long()]).cpu().numpy()  # the step's one copy
-    tokens, finite = host[: -len(finite)], host[-len(finite) :].astype(bool)
+    empty = torch.zeros(0, dtype=torch.int64, device=logits.device)
+    return torch.cat(chosen) if chosen else empty, errors
+
+
+def settle_tokens(picks: list[tuple[Request, slice]], tokens: np.ndarray, finite: np.ndarray,
+                  errors: dict):  # fmt: skip
+    """`choose_tokens`' tokens on the host, with every row's finite-logits flag: each request
+    appends its tokens and emits them, or fails (non-finite rows, or an exception)."""
     at = 0
     for r, rows in picks:
         own, at = tokens[at : at + r.rows], at + r.rows
@@ -66,4 +76,3 @@ def choose_tokens(logits: torch.Tensor, picks: list[tuple[Request, slice]],
                 continue
             if not r.search.done:
                 r.emit_progress()
-    return finite

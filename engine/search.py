@@ -96,8 +96,11 @@ class TokenSearch(Search):
 
     def sample(self, scores: torch.Tensor) -> torch.Tensor:
         """[rows] tokens drawn with the request's own generator (do_sample)."""
-        probs = scores.softmax(dim=-1)
-        return torch.multinomial(probs, 1, generator=self.generator(scores.device))[:, 0]
+        return self.draw(scores.softmax(dim=-1))
+
+    def draw(self, probs: torch.Tensor) -> torch.Tensor:
+        """probs [rows, vocab] -> [rows] tokens drawn with the request's own generator."""
+        return torch.multinomial(probs, 1, generator=self.generator(probs.device))[:, 0]
 
     def note_margins(self, scores: torch.Tensor):
         if self.diagnostics and not self.params.do_sample:

@@ -12,7 +12,7 @@ import pytest
 from ledserve.engine.engine import Engine
 from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest, failure_of
 
-MIXED = [  # rows per request 2, 1, 2, 4, 1, all in one decoder run per step
+MIXED = [  # rows per request 2, 1, 2, 4, 1, 1, all in one decoder run per step
     dict(max_new_tokens=12, min_new_tokens=6, num_beams=2, no_repeat_ngram_size=2),
     dict(max_new_tokens=9, min_new_tokens=6),
     dict(
@@ -25,6 +25,15 @@ MIXED = [  # rows per request 2, 1, 2, 4, 1, all in one decoder run per step
     ),
     dict(max_new_tokens=10, num_beams=4, length_penalty=2.0, early_stopping=True),
     dict(max_new_tokens=7, min_new_tokens=4, repetition_penalty=1.4),
+    dict(
+        max_new_tokens=8,
+        do_sample=True,
+        temperature=0.8,
+        top_p=0.85,
+        top_k=0,
+        seed=3,
+        repetition_penalty=1.2,
+    ),
 ]
 
 
@@ -195,11 +204,12 @@ def test_a_failing_request_does_not_stop_the_others(exported, checkpoint, rng, m
     bad_beam = engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2)
     greedy = engine.submit(ids, max_new_tokens=6, repetition_penalty=1.3)
     monkeypatch.setattr(bad.search, "advance", lambda tokens: 1 / 0)
-    monkeypatch.setattr(bad_beam.search, "step", lambda logits: 1 / 0)
+    monkeypatch.setattr(bad_beam.search, "propose", lambda log_probs: 1 / 0)
     finals = engine.run_until_done([good, bad, bad_beam, greedy])
-    good_final, bad_final, _, greedy_final = finals
-    assert bad_final.error == "ZeroDivisionError: division by zero"
-    assert bad_final.failure is Failure.ERROR
+    good_final, bad_final, bad_beam_final, greedy_final = finals
+    for final in (bad_final, bad_beam_final):
+        assert final.error == "ZeroDivisionError: division by zero"
+        assert final.failure is Failure.ERROR
     assert good_final.results == want
     assert greedy_final.results == want_greedy
 

@@ -167,6 +167,44 @@ def test_masks_of_many_requests_in_one_write_equal_each_alone(rng):
         torch.testing.assert_close(got, torch.cat(want), rtol=0, atol=0)
 
 
+def test_penalties_and_warps_of_many_requests_equal_each_alone(rng):
+    """Repetition penalties, temperatures, top-k and top-p of requests with different values and
+    token counts, applied once to the whole batch (engine/sampler.py's path), give each request's
+    rows, to the bit, what transformers' own processors give them alone."""
+    settings = [
+        dict(repetition_penalty=1.3, temperature=0.7, top_k=5, top_p=0.9),
+        dict(repetition_penalty=0.8, top_k=0, top_p=0.8),
+        dict(top_k=50),  # more than the vocabulary: keeps all
+        dict(temperature=2.5, top_k=3),
+        dict(repetition_penalty=2.0, top_k=0, temperature=0.3),
+        dict(top_p=0.05, top_k=0),
+        dict(repetition_penalty=1.1, temperature=0.9, top_k=7, top_p=0.6),
+    ]
+    for _ in range(20):
+        penalties, warps, parts, want, start = ours.Penalties(), ours.Warps(), [], [], 0
+        for setting in rng.permutation(settings):
+            params = GenerationParams(**setting, do_sample=True, decoder_start_token_id=2)
+            rows, length = int(rng.integers(1, 4)), int(rng.integers(1, 10))
+            ids, scores = random_case(rng, rows, length)
+            chain = []
+            if params.repetition_penalty != 1.0:
+                penalties.add(start, ids.numpy(), params.repetition_penalty)
+                chain.append(hf.RepetitionPenaltyLogitsProcessor(params.repetition_penalty))
+            warps.add(range(start, start + rows), params)
+            if params.temperature != 1.0:
+                chain.append(hf.TemperatureLogitsWarper(params.temperature))
+            if params.top_k:
+                chain.append(hf.TopKLogitsWarper(params.top_k))
+            if params.top_p < 1.0:
+                chain.append(hf.TopPLogitsWarper(params.top_p))
+            parts.append(scores)
+            want.append(hf.LogitsProcessorList(chain)(ids, scores.clone()))
+            start += rows
+        batch = torch.cat(parts)
+        penalties.apply(batch)
+        torch.testing.assert_close(warps.apply(batch), torch.cat(want), rtol=0, atol=0)
+
+
 def test_split_keeps_transformers_order():
     params = GenerationParams(max_new_tokens=8, eos_token_id=(2,), decoder_start_token_id=2,
                               repetition_penalty=1.2, min_new_tokens=3, do_sample=True,
