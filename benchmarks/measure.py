@@ -162,7 +162,7 @@ def decode_profile(side: InProcess, ids, glob, new_tokens: int) -> dict:
 
 def serve_throughput(
     artifacts, device: str, vocab: int, length: int, new_tokens: int, beams: int,
-    concurrency: list[int], per_client: int,
+    concurrency: list[int], per_client: int, **engine_options,
 ) -> list[dict]:  # fmt: skip
     """The engine behind a real gRPC server on a loopback port; `c` clients each stream
     `per_client` requests back to back (pre-tokenized inputs of `length` tokens)."""
@@ -172,7 +172,10 @@ def serve_throughput(
 
     most = max(concurrency)
     config = EngineConfig(
-        max_rows=most * beams, max_queue=4 * most, max_encoder_tokens=most * length
+        max_rows=most * beams,
+        max_queue=4 * most,
+        max_encoder_tokens=most * length,
+        **engine_options,
     )
     server = BackgroundServer(
         ServerConfig(artifacts=artifacts, port=0, device=device, engine=config,

@@ -19,7 +19,7 @@ from ledserve.benchmarks.measure import make_input
 
 def measure(
     artifacts, device: str, length: int, count: int = 8, new_tokens: int | None = None,
-    warmup: int = 24, input_tokens: int = 64,
+    warmup: int = 24, input_tokens: int = 64, cpu_decode_share: float = 1.0,
 ) -> dict:  # fmt: skip
     from ledserve.engine.artifacts import Artifacts
     from ledserve.engine.engine import Engine, EngineConfig
@@ -30,7 +30,8 @@ def measure(
     length = min(length, model.max_encoder_positions)
     new_tokens = new_tokens or model.max_decoder_positions - 1
     warmup = min(warmup, new_tokens // 4)
-    config = EngineConfig(max_rows=count + 1, max_encoder_tokens=count * length + input_tokens)
+    config = EngineConfig(max_rows=count + 1, max_encoder_tokens=count * length + input_tokens,
+                          cpu_decode_share=cpu_decode_share)  # fmt: skip
     engine = Engine(runtime, config)
     engine.start()
     try:
@@ -89,9 +90,12 @@ def main(argv=None) -> int:
     parser.add_argument("--count", type=int, default=8, help="long inputs submitted at once")
     parser.add_argument("--new-tokens", type=int, help="the stream's tokens (default: the most)")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cpu-decode-share", type=float, default=1.0,
+                        help="the engine's cpu_decode_share")  # fmt: skip
     args = parser.parse_args(argv)
+    options = dict(new_tokens=args.new_tokens, cpu_decode_share=args.cpu_decode_share)
     runs = [
-        measure(args.artifacts, args.device, args.length, args.count, args.new_tokens)
+        measure(args.artifacts, args.device, args.length, args.count, **options)
         for _ in range(args.repeats)
     ]
     print(json.dumps({"runs": runs, "median_kept": float(np.median([r["kept"] for r in runs]))},

@@ -10,6 +10,7 @@ cancelled requests. `generate` and `stream` drive the loop themselves when no lo
 
 import functools
 import threading
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,12 @@ class EngineConfig:
     max_encoder_batch_tokens: int = 8192
     """Padded input tokens in one encoder run (bounds the encoder's activation memory, ~0.1 MB
     per token and layer for LED-base's attention scores); a longer single input runs alone."""
+    cpu_decode_share: float = 1.0
+    """On a CPU, while the encoder thread has work, the share of wall time the loop thread spends
+    in decode steps: after a step it pauses for the step's time x (1 / share - 1), or until a
+    submission or a finished encoding. Encoder and decoder compete for the same cores, and a
+    step of a few rows costs nearly what a step of many does, so a pause lets the encoder finish
+    sooner and the joining requests decode together. 1.0: never pause; ignored on CUDA."""
     diagnostics: bool = False
     """Each request's search records its smallest decision margin (`request.search.margin`), at
     one more top-k and device->host copy per request and step: for tests, off when serving."""
@@ -66,6 +73,10 @@ class EngineConfig:
         ):  # fmt: skip
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not 0.05 <= self.cpu_decode_share <= 1.0:
+            raise ValueError(
+                f"cpu_decode_share must be between 0.05 and 1, got {self.cpu_decode_share}"
+            )
         if self.max_client_rows is not None and not 1 <= self.max_client_rows <= self.max_rows:
             raise ValueError(
                 f"max_client_rows must be between 1 and max_rows ({self.max_rows}), "
@@ -273,7 +284,9 @@ class Engine:
         self.encoder.stop()
 
     def _loop(self):
+        share = self.config.cpu_decode_share if self.runtime.device.type == "cpu" else 1.0
         while self._thread is not None:
+            start = time.perf_counter()
             try:
                 busy = self.step()
             except Exception as e:  # a bug must not leave requests waiting forever
@@ -282,6 +295,8 @@ class Engine:
                 continue
             if not busy:
                 self.wait()
+            elif share < 1.0 and self.encoder.in_flight:  # leave the cores to the encoder
+                self.wait((time.perf_counter() - start) * (1 / share - 1))
 
     def wait(self, timeout: float = 0.1):
         """Nothing to decode: sleep until a submission or a finished encoding (or `timeout`)."""

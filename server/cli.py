@@ -54,6 +54,12 @@ def add_arguments(parser: argparse.ArgumentParser):
         default=defaults.max_global_tokens,
         help="tokens one input may mark global (the question's, for documents)",
     )
+    parser.add_argument(
+        "--cpu-decode-share",
+        type=float,
+        default=defaults.cpu_decode_share,
+        help="on a CPU, the share of time decode steps take while inputs are encoded (0.05-1)",
+    )
     parser.add_argument("--max-concurrent-rpcs", type=int, default=1024)
     parser.add_argument("--max-message-bytes", type=int, default=16 << 20)
     parser.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics here")
@@ -108,6 +114,7 @@ def run(args: argparse.Namespace) -> int:
                 max_encoder_batch_tokens=args.max_encoder_batch_tokens,
                 max_client_rows=client_rows,
                 max_global_tokens=args.max_global_tokens,
+                cpu_decode_share=args.cpu_decode_share,
             ),
             metrics_port=args.metrics_port,
             grace_seconds=args.grace_seconds,

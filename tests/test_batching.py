@@ -398,3 +398,39 @@ def test_arena_shrinkage_after_a_long_input_changes_no_token(exported, checkpoin
     keep = Engine.from_artifacts(exported["fp32"], device="cpu", shrink_after_tokens=None)
     shrink = Engine.from_artifacts(exported["fp32"], device="cpu", shrink_after_tokens=1)
     assert shrink.generate(rows, globals_, **params) == keep.generate(rows, globals_, **params)
+
+
+def test_cpu_decode_share_pauses_the_loop_while_encoding(exported, checkpoint, rng):
+    """With cpu_decode_share < 1 the loop thread pauses after a step while the encoder has work
+    (here: inputs submitted beside a running stream); the stream's tokens do not change."""
+    from ledserve.engine.engine import EngineConfig
+
+    with pytest.raises(ValueError, match=r"cpu_decode_share must be between 0\.05 and 1, got 0"):
+        EngineConfig(cpu_decode_share=0)
+    _, model = checkpoint
+    vocab = model.config.vocab_size
+    ids = list(rng.integers(5, vocab, 30))
+    want = Engine.from_artifacts(exported["fp32"], device="cpu").generate(
+        [ids], max_new_tokens=12, min_new_tokens=12
+    )
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu", cpu_decode_share=0.25)
+    waits, wait = [], engine.wait
+
+    def recorded(timeout=0.1):
+        waits.append((timeout, bool(engine.encoder.in_flight)))
+        wait(timeout)
+
+    engine.wait = recorded
+    engine.start()
+    try:
+        stream = engine.submit(ids, max_new_tokens=12, min_new_tokens=12)
+        assert stream.events.get().tokens  # decoding
+        loads = [
+            engine.submit(list(rng.integers(5, vocab, 90)), max_new_tokens=2) for _ in range(4)
+        ]
+        finals = [engine.run_until_done([r])[0] for r in [stream, *loads]]
+    finally:
+        engine.stop()
+    assert finals[0].results == want
+    assert all(f.error is None for f in finals)
+    assert any(encoding and timeout != 0.1 for timeout, encoding in waits)  # a step's pause

@@ -1,0 +1,99 @@
+"""Many streams through the server against transformers serving one request at a time, side by
+side: rounds alternate the baseline (greedy requests one after another, in this process, with
+PyTorch's best CPU setting when the process runs with THP_MEM_ALLOC_ENABLE=1 and threads =
+cores) and the gRPC server on each artifacts folder and each `--shares` value of the engine's
+`cpu_decode_share` (`--streams` clients, each streaming
+`--per-client` requests back to back). Inputs of `--length` tokens, `--new-tokens` tokens each
+(EOS suppressed). Reports each side's tokens/s per round, and the median over rounds of each
+engine's ratio to the baseline of its own round.
+
+    THP_MEM_ALLOC_ENABLE=1 python -m ledserve.benchmarks.streams --checkpoint DIR \
+        --artifacts fp32=DIR [--artifacts int8=DIR] [--shares 1,0.5] [--streams 16] [--rounds 3]
+"""
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+from ledserve.benchmarks import measure
+
+
+def baseline_rate(side, vocab: int, length: int, new_tokens: int, requests: int) -> float:
+    """Tokens/s of `requests` greedy requests served one after another."""
+    start = time.perf_counter()
+    for k in range(requests):
+        ids, glob = measure.make_input(vocab, length, seed=7 + k)
+        side.generate(ids, glob, new_tokens, 1)
+    return requests * new_tokens / (time.perf_counter() - start)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m ledserve.benchmarks.streams",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--checkpoint", required=True, help="the artifacts' checkpoint")
+    parser.add_argument("--artifacts", action="append", required=True, metavar="NAME=DIR")
+    parser.add_argument("--streams", type=int, default=16)
+    parser.add_argument("--per-client", type=int, default=2)
+    parser.add_argument("--length", type=int, default=512)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--baseline-requests", type=int, default=2, help="per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--shares",
+        default="1.0",
+        help="the engine's cpu_decode_share values to run (comma-separated)",
+    )
+    parser.add_argument("--out", help="also write the results here (JSON)")
+    args = parser.parse_args(argv)  # fmt: skip
+    if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":
+        torch.set_num_threads(os.cpu_count())
+    shares = [float(x) for x in args.shares.split(",")]
+    sides = {}  # side name -> (artifacts folder, cpu_decode_share)
+    for name, folder in (a.split("=", 1) for a in args.artifacts):
+        for share in shares:
+            sides[name if len(shares) == 1 else f"{name}-share{share:g}"] = (folder, share)
+    baseline = measure.Baseline(args.checkpoint, "cpu", "fp32")
+    vocab = baseline.model.config.vocab_size
+    baseline.generate(*measure.make_input(vocab, args.length, seed=1), 4, 1)  # warm-up
+    rounds = []
+    for k in range(args.rounds):
+        say = f"[streams {time.strftime('%H:%M:%S')}] round {k + 1}"
+        print(f"{say}: transformers", file=sys.stderr, flush=True)
+        result = {"transformers": baseline_rate(baseline, vocab, args.length, args.new_tokens,
+                                                args.baseline_requests)}  # fmt: skip
+        for name, (folder, share) in sides.items():
+            print(f"{say}: engine {name}", file=sys.stderr, flush=True)
+            served = measure.serve_throughput(folder, "cpu", vocab, args.length, args.new_tokens,
+                                              1, [args.streams], args.per_client,
+                                              cpu_decode_share=share)[0]  # fmt: skip
+            result[name] = served["tokens_per_s"]
+            result[f"{name}_steps"] = served["decoder_steps"]
+        print(json.dumps(result), flush=True)
+        rounds.append(result)
+    summary = {
+        "torch_threads": torch.get_num_threads(),
+        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
+        "streams": args.streams, "length": args.length, "new_tokens": args.new_tokens,
+        "rounds": rounds,
+        "median_tokens_per_s": {side: statistics.median(r[side] for r in rounds)
+                                for side in ["transformers", *sides]},
+        "median_ratio": {name: statistics.median(r[name] / r["transformers"] for r in rounds)
+                         for name in sides},
+    }  # fmt: skip
+    print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(summary, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
