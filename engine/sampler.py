@@ -34,8 +34,9 @@ def choose_tokens(logits: torch.Tensor, picks: list[tuple[Request, slice]]
             errors[r.id] = e
     penalties.apply(logits)
     masks.apply(logits)
-    best = logits.argmax(dim=-1)  # [rows]
     sampling = [(r, rows) for r, rows in picks if r.search.params.do_sample and r.id not in errors]
+    if any(not r.search.params.do_sample for r, _ in picks):
+        best = logits.argmax(dim=-1)  # [rows]
     if sampling:
         warps = processors.Warps()
         for r, rows in sampling:
@@ -45,14 +46,17 @@ def choose_tokens(logits: torch.Tensor, picks: list[tuple[Request, slice]]
     for r, rows in picks:
         search = r.search
         try:
-            if search.params.do_sample and r.id not in errors:
+            if r.id not in errors and search.params.do_sample:
                 own, at = probs[at : at + r.rows], at + r.rows
                 chosen.append(search.draw(own))
                 continue
-            search.note_margins(logits[rows])
+            if r.id not in errors:
+                search.note_margins(logits[rows])
+                chosen.append(best[rows])
+                continue
         except Exception as e:
             errors.setdefault(r.id, e)
-        chosen.append(best[rows])
+        chosen.append(torch.zeros(r.rows, dtype=torch.int64, device=logits.device))  # fails
     empty = torch.zeros(0, dtype=torch.int64, device=logits.device)
     return torch.cat(chosen) if chosen else empty, errors
 

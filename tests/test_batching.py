@@ -434,3 +434,30 @@ def test_cpu_decode_share_pauses_the_loop_while_encoding(exported, checkpoint, r
     assert finals[0].results == want
     assert all(f.error is None for f in finals)
     assert any(encoding and timeout != 0.1 for timeout, encoding in waits)  # a step's pause
+
+
+def test_non_finite_logits_fail_only_their_request(exported, checkpoint, rng, monkeypatch):
+    """A row whose logits hold a NaN or an inf (an fp16 overflow) fails its request with a clear
+    error; the others in the same decoder run go on with their own tokens."""
+    _, model = checkpoint
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    ids = list(rng.integers(5, model.config.vocab_size, 20))
+    want = engine.generate([ids], max_new_tokens=6, min_new_tokens=6)
+    requests = [
+        engine.submit(ids, max_new_tokens=6, min_new_tokens=6),  # row 0: untouched
+        engine.submit(ids, max_new_tokens=6, min_new_tokens=6),  # row 1: a NaN
+        engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2),  # rows 2-3: an inf
+    ]
+    decode = engine.runtime.decode
+
+    def poisoned(*args):
+        logits, present = decode(*args)
+        if len(logits) == 4:  # all three decode together
+            logits[1, 7], logits[3, 5] = float("nan"), float("inf")
+        return logits, present
+
+    monkeypatch.setattr(engine.runtime, "decode", poisoned)
+    finals = engine.run_until_done(requests)
+    assert finals[0].results == want
+    for final in finals[1:]:
+        assert final.error == "the decoder produced non-finite logits (fp16 overflow?)"
