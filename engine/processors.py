@@ -225,9 +225,6 @@ class Warps:
             self.top_k.append(params.top_k)
             self.top_p.append(params.top_p)
 
-    def __bool__(self) -> bool:
-        return bool(self.rows)
-
     def apply(self, scores: torch.Tensor) -> torch.Tensor:
         """scores [rows, vocab] -> the added rows' warped scores [added rows, vocab], in order."""
         device = scores.device
