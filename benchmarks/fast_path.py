@@ -13,7 +13,6 @@ Prints one JSON line per side; `--out FILE` also writes them all as one JSON lis
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
@@ -42,10 +41,7 @@ def _side(kind: str, source: str, lengths, generate, repeats: int) -> dict:
     from ledserve.benchmarks.measure import Baseline, InProcess, inter_token, make_input
 
     if kind == "transformers":
-        import torch
-
-        if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":
-            torch.set_num_threads(os.cpu_count())
+        machine.best_torch_threads()
         side = Baseline(source, "cpu", "fp32")
         vocab = side.model.config.vocab_size
     else:

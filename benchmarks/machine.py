@@ -47,6 +47,13 @@ def describe(device: str) -> dict:
 BEST_TORCH_ENV = {"THP_MEM_ALLOC_ENABLE": "1"}
 
 
+def best_torch_threads():
+    """In a process started with BEST_TORCH_ENV, also the rest of PyTorch's best CPU
+    configuration: one thread per core."""
+    if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":
+        torch.set_num_threads(os.cpu_count())
+
+
 def run_child(module: str, args: list[str], env: dict) -> dict:
     """`python -m <module> <args>` with `env` added to this process's environment -> the JSON
     object its last output line holds, or {"error": the end of its stderr} if it failed."""

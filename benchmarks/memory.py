@@ -11,7 +11,6 @@ A second request of the same length should add nothing and cost no more than the
 
 import argparse
 import json
-import os
 import resource
 import time
 
@@ -45,11 +44,9 @@ def _engine_side(artifacts: str, length: int, new_tokens: int, device: str) -> d
 
 
 def _transformers_side(checkpoint: str, length: int, new_tokens: int, device: str) -> dict:
-    import torch
-
     from ledserve.benchmarks.measure import Baseline
 
-    torch.set_num_threads(os.cpu_count())
+    machine.best_torch_threads()  # run with BEST_TORCH_ENV (measure)
     baseline = Baseline(checkpoint, device, "fp32")
     ids, glob = _inputs(baseline.model.config.vocab_size, length)
     baseline.generate(ids[:64], glob[:64], 2, 1)  # warm-up, short

@@ -13,14 +13,11 @@ engine's ratio to the baseline of its own round.
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 
-import torch
-
-from ledserve.benchmarks import measure
+from ledserve.benchmarks import machine, measure
 
 
 def baseline_rate(side, vocab: int, length: int, new_tokens: int, requests: int) -> float:
@@ -53,8 +50,7 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--out", help="also write the results here (JSON)")
     args = parser.parse_args(argv)  # fmt: skip
-    if os.environ.get("THP_MEM_ALLOC_ENABLE") == "1":
-        torch.set_num_threads(os.cpu_count())
+    machine.best_torch_threads()
     shares = [float(x) for x in args.shares.split(",")]
     sides = {}  # side name -> (artifacts folder, cpu_decode_share)
     for name, folder in (a.split("=", 1) for a in args.artifacts):
@@ -79,8 +75,7 @@ def main(argv=None) -> int:
         print(json.dumps(result), flush=True)
         rounds.append(result)
     summary = {
-        "torch_threads": torch.get_num_threads(),
-        "THP_MEM_ALLOC_ENABLE": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
+        "machine": machine.describe("cpu"),
         "streams": args.streams, "length": args.length, "new_tokens": args.new_tokens,
         "rounds": rounds,
         "median_tokens_per_s": {side: statistics.median(r[side] for r in rounds)
