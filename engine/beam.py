@@ -31,12 +31,6 @@ class BeamSearch(Search):
     def _penalised(self, scores: np.ndarray, generated: int) -> np.ndarray:
         return (scores / np.float32(generated**self.params.length_penalty)).astype(np.float32)
 
-    def step(self, logits: torch.Tensor) -> np.ndarray:
-        """logits: [beams, vocab] of the running beams, on the device -> index of the beam each
-        new one extends (the engine runs the same two halves batched: `propose_all`)."""
-        proposal = self.propose(logits.float().log_softmax(dim=-1))
-        return self.settle(proposal.cpu().numpy(), logits.shape[-1])
-
     def propose(self, log_probs: torch.Tensor) -> torch.Tensor:
         """log_probs [beams, vocab] float32 on the device -> the `keep` best candidates as one
         [2 * keep] float64 tensor on the device: their scores, then their flat indices

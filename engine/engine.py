@@ -26,7 +26,7 @@ from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
 from ledserve.engine.runtime import Runtime, resolve_device
-from ledserve.engine.sampler import choose_tokens, settle_tokens
+from ledserve.engine.sampler import NON_FINITE, choose_tokens, settle_tokens
 from ledserve.engine.scheduler import Scheduler
 from ledserve.engine.search import TokenSearch
 from ledserve.manifest import Manifest
@@ -259,7 +259,7 @@ class Engine:
                 continue
             own, at = host[at : at + len(proposal)], at + len(proposal)
             if not finite[rows].all():
-                r.fail("the decoder produced non-finite logits (fp16 overflow?)")
+                r.fail(NON_FINITE)
                 continue
             try:
                 order = r.search.settle(own, vocab)

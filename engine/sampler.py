@@ -15,6 +15,9 @@ import torch
 from ledserve.engine import processors
 from ledserve.engine.request import Request
 
+# A request whose rows' logits hold an inf or a NaN (a graph overflow) fails with this.
+NON_FINITE = "the decoder produced non-finite logits (fp16 overflow?)"
+
 
 def choose_tokens(logits: torch.Tensor, picks: list[tuple[Request, slice]]
                   ) -> tuple[torch.Tensor, dict]:  # fmt: skip
@@ -69,7 +72,7 @@ def settle_tokens(picks: list[tuple[Request, slice]], tokens: np.ndarray, finite
     for r, rows in picks:
         own, at = tokens[at : at + r.rows], at + r.rows
         if not finite[rows].all():  # a graph overflow must not pass as tokens
-            r.fail("the decoder produced non-finite logits (fp16 overflow?)")
+            r.fail(NON_FINITE)
         elif r.id in errors:
             r.fail(errors[r.id])
         else:
