@@ -10,7 +10,15 @@ from pathlib import Path
 
 import torch
 from tokenizers import ByteLevelBPETokenizer
-from transformers import GenerationConfig, LEDConfig, LEDForConditionalGeneration, LEDTokenizerFast
+from transformers import (
+    GenerationConfig,
+    LEDConfig,
+    LEDForConditionalGeneration,
+    LEDTokenizerFast,
+    LongformerConfig,
+    LongformerForQuestionAnswering,
+    LongformerTokenizerFast,
+)
 
 SPECIAL_TOKENS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]  # ids 0..4, LED's own layout
 
@@ -55,15 +63,29 @@ def corpus(lines: int, seed: int = 0) -> list[str]:
     return [" ".join(rng.choices(_WORDS, k=rng.randint(4, 16))) + "." for _ in range(lines)]
 
 
-def train_tokenizer(folder: Path, vocab_size: int = 400) -> LEDTokenizerFast:
-    """A byte-level BPE tokenizer with LED's special tokens, saved as LEDTokenizerFast files."""
+def train_tokenizer(folder: Path, vocab_size: int = 400, kind=LEDTokenizerFast, **options):
+    """A byte-level BPE tokenizer with LED's (RoBERTa's) special tokens, saved as `kind`'s files
+    (LEDTokenizerFast, LongformerTokenizerFast)."""
     bpe = ByteLevelBPETokenizer()
     bpe.train_from_iterator(corpus(2000), vocab_size=vocab_size, special_tokens=SPECIAL_TOKENS)
     folder.mkdir(parents=True, exist_ok=True)
     vocab, merges = bpe.save_model(str(folder))
-    tokenizer = LEDTokenizerFast(vocab_file=vocab, merges_file=merges)
+    tokenizer = kind(vocab_file=vocab, merges_file=merges, **options)
     tokenizer.save_pretrained(str(folder))
     return tokenizer
+
+
+def _randomize(model, weight_std: float):
+    """Large-std matrices (not the models' 0.02): attention is peaked, so that a masking error
+    changes the outputs visibly; layer norms scale by ~1, so that outputs depend on the input."""
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            if "layernorm" in name.lower() or "layer_norm" in name:
+                parameter.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
+            elif name.endswith("bias"):
+                parameter.normal_(0.0, 0.05)
+            else:
+                parameter.normal_(0.0, weight_std)
 
 
 def build_random_led(
@@ -71,9 +93,7 @@ def build_random_led(
 ) -> LEDForConditionalGeneration:
     """Save a random LED (TINY shape unless overridden) and a local tokenizer into `folder`.
 
-    Matrices are drawn with a large std (not LED's 0.02) so that attention is peaked and a masking
-    error changes the outputs visibly; layer norms scale by ~1 so that outputs depend on the input.
-    `eos_bias` is added to EOS's logit, so that generation ends at varied lengths.
+    Weights as `_randomize` draws them. `eos_bias` is added to EOS's logit, so that generation ends at varied lengths.
     """
     folder = Path(folder)
     tokenizer = train_tokenizer(folder)
@@ -81,15 +101,54 @@ def build_random_led(
     config = LEDConfig(**shape, dropout=0.0, attention_dropout=0.0)
     torch.manual_seed(seed)
     model = LEDForConditionalGeneration(config).eval()
+    _randomize(model, weight_std)
     with torch.no_grad():
-        for name, parameter in model.named_parameters():
-            if "layernorm" in name or "layer_norm" in name:
-                parameter.normal_(1.0 if name.endswith("weight") else 0.0, 0.1)
-            elif name.endswith("bias"):
-                parameter.normal_(0.0, 0.05)
-            else:
-                parameter.normal_(0.0, weight_std)
         model.final_logits_bias[0, config.eos_token_id] = eos_bias
     model.save_pretrained(str(folder))
     GenerationConfig.from_model_config(config).save_pretrained(str(folder))
+    return model
+
+
+# A small Longformer with a span head: odd one-sided windows (6, 2, 3), different per layer
+# (transformers needs every window to divide the largest one).
+TINY_QA = dict(
+    hidden_size=32,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    intermediate_size=48,
+    attention_window=[12, 4, 6],
+    max_position_embeddings=514,  # 512 tokens after RoBERTa's two reserved positions
+)
+
+# The shape of a Longformer-base QA model such as mrm8488/longformer-base-4096-finetuned-squadv2.
+BASE_QA = dict(
+    hidden_size=768,
+    num_hidden_layers=12,
+    num_attention_heads=12,
+    intermediate_size=3072,
+    attention_window=[512] * 12,
+    max_position_embeddings=4098,
+    vocab_size=50265,
+)
+
+
+def build_random_longformer_qa(
+    folder: Path, seed: int = 0, weight_std: float = 0.15, **overrides
+) -> LongformerForQuestionAnswering:
+    """Save a random `LongformerForQuestionAnswering` (TINY_QA shape unless overridden) and a
+    local tokenizer into `folder`; weights as `_randomize` draws them."""
+    folder = Path(folder)
+    shape = {**TINY_QA, **overrides}
+    tokenizer = train_tokenizer(
+        folder, kind=LongformerTokenizerFast, model_max_length=shape["max_position_embeddings"] - 2
+    )
+    shape.setdefault("vocab_size", len(tokenizer))
+    config = LongformerConfig(
+        **shape, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, type_vocab_size=1,
+        architectures=["LongformerForQuestionAnswering"],
+    )  # fmt: skip
+    torch.manual_seed(seed)
+    model = LongformerForQuestionAnswering(config).eval()
+    _randomize(model, weight_std)
+    model.save_pretrained(str(folder))
     return model

@@ -21,7 +21,7 @@ from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.batch import DecodeBatch
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.encoder import EncoderWorker
-from ledserve.engine.errors import InvalidRequest
+from ledserve.engine.errors import InvalidRequest, WrongTask
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
@@ -29,7 +29,7 @@ from ledserve.engine.runtime import Runtime, resolve_device
 from ledserve.engine.sampler import NON_FINITE, choose_tokens, settle_tokens
 from ledserve.engine.scheduler import Scheduler
 from ledserve.engine.search import TokenSearch
-from ledserve.manifest import Manifest
+from ledserve.manifest import EXTRACTIVE_QA, GENERATION, Manifest
 
 
 @dataclass(frozen=True)
@@ -85,6 +85,8 @@ class EngineConfig:
 
 
 class Engine:
+    task = GENERATION
+
     def __init__(self, runtime: Runtime, config: EngineConfig):
         self.runtime, self.config = runtime, config
         manifest = self.manifest
@@ -113,9 +115,22 @@ class Engine:
         return self.runtime.artifacts.manifest
 
     @classmethod
-    def from_artifacts(cls, path, device: str = "auto", verify: bool = True, **config) -> "Engine":
+    def from_artifacts(cls, path, device: str = "auto", verify: bool = True, **config):
+        """The engine of an artifacts folder: an Engine for an LED, an Extractor
+        (engine/extractive.py) for a Longformer question-answering model (`config` then holds
+        ExtractorConfig's fields)."""
         artifacts = Artifacts.load(path, verify=verify)
+        if artifacts.manifest.task == EXTRACTIVE_QA:
+            from ledserve.engine.extractive import Extractor
+
+            return Extractor(artifacts, resolve_device(device), **config)
         return cls(Runtime(artifacts, resolve_device(device)), EngineConfig(**config))
+
+    def extract(self, *args, **kwargs):
+        raise WrongTask(
+            f"{self.manifest.source.model} generates answers; answer spans need an extractive "
+            "model's artifacts (a Longformer question-answering checkpoint)"
+        )
 
     # -- requests -------------------------------------------------------------------------
     def params(self, **overrides) -> GenerationParams:

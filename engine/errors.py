@@ -15,6 +15,11 @@ class CapacityExceeded(EngineError):
     """The engine is full (queue or memory budget); retry later."""
 
 
+class WrongTask(EngineError):
+    """A call the loaded model's task does not serve (an answer span asked of a generative
+    model, or the reverse)."""
+
+
 class ArtifactError(EngineError):
     """An artifacts folder that is missing, altered or of an unknown format."""
 

@@ -25,43 +25,52 @@ def resolve_device(device: str) -> str:
     return device
 
 
+def session_options(profile: str | None = None) -> ort.SessionOptions:
+    """The engine's ONNX Runtime options (every session, every task). `profile`: a file prefix;
+    ONNX Runtime then profiles every run (`session.end_profiling()` writes the JSON trace)."""
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    # Between runs the engine's own torch work (processors, search, cache) needs the cores:
+    # ONNX Runtime's threads spinning after a run made each small torch op take ~6 ms.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # The memory pattern is planned per input shape and grows the arena again at a length's
+    # second run: without arena shrinkage, two 8k-token inputs took RSS 2.94 -> 3.12 GiB with
+    # it, 3.02 -> 3.03 GiB without (benchmarks/RESULTS.md, "CPU fast path"; 4.0 -> 6.0 GiB
+    # with the earlier attention graph); runs were not slower without it.
+    options.enable_mem_pattern = False
+    if profile is not None:
+        options.enable_profiling, options.profile_file_prefix = True, profile
+    return options
+
+
+def open_session(path, device: str, options: ort.SessionOptions) -> ort.InferenceSession:
+    """A session on the device's provider; one that does not start is an ArtifactError, never a
+    silent fallback to another provider."""
+    providers = PROVIDERS[device]
+    try:
+        session = ort.InferenceSession(str(path), options, providers=providers)
+    except Exception as e:  # onnxruntime raises its own exception types
+        raise ArtifactError(f"onnxruntime could not load {path}: {e}") from e
+    if session.get_providers()[0] != providers[0]:
+        raise ArtifactError(f"{providers[0]} did not start for {path}")
+    return session
+
+
 class Runtime:
     def __init__(self, artifacts: Artifacts, device: str = "cpu", profile: str | None = None):
-        """`profile`: a file prefix; ONNX Runtime then profiles every run of both sessions
-        (`session.end_profiling()` writes the JSON trace)."""
+        """`profile`: see session_options."""
         self.artifacts = artifacts
         self.device_name = device
         self.device = torch.device("cuda", 0) if device == "cuda" else torch.device("cpu")
-        options = ort.SessionOptions()
-        options.log_severity_level = 3
-        # Between runs the engine's own torch work (processors, search, cache) needs the cores:
-        # ONNX Runtime's threads spinning after a run made each small torch op take ~6 ms.
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        # The memory pattern is planned per input shape and grows the arena again at a length's
-        # second run: without arena shrinkage, two 8k-token inputs took RSS 2.94 -> 3.12 GiB with
-        # it, 3.02 -> 3.03 GiB without (benchmarks/RESULTS.md, "CPU fast path"; 4.0 -> 6.0 GiB
-        # with the earlier attention graph); runs were not slower without it.
-        options.enable_mem_pattern = False
-        if profile is not None:
-            options.enable_profiling, options.profile_file_prefix = True, profile
-        self.encoder = self._session(artifacts.graph("encoder"), options)
-        self.decoder = self._session(artifacts.graph("decoder"), options)
+        options = session_options(profile)
+        self.encoder = open_session(artifacts.graph("encoder"), device, options)
+        self.decoder = open_session(artifacts.graph("decoder"), device, options)
         model = artifacts.manifest.model
         self.layers, self.heads = model.decoder_layers, model.decoder_attention_heads
         self.head_dim, self.vocab = model.head_dim, model.vocab_size
         past = artifacts.tensor_name("past_key", 0)
         past_type = next(i.type for i in self.decoder.get_inputs() if i.name == past)
         self.float_type = torch.float16 if past_type == "tensor(float16)" else torch.float32
-
-    def _session(self, path, options) -> ort.InferenceSession:
-        providers = PROVIDERS[self.device_name]
-        try:
-            session = ort.InferenceSession(str(path), options, providers=providers)
-        except Exception as e:  # onnxruntime raises its own exception types
-            raise ArtifactError(f"onnxruntime could not load {path}: {e}") from e
-        if session.get_providers()[0] != providers[0]:
-            raise ArtifactError(f"{providers[0]} did not start for {path}")
-        return session
 
     def _bind(self, binding, name: str, tensor: torch.Tensor, output: bool = False):
         """Bind a contiguous torch tensor by pointer (it must outlive the run)."""

@@ -1,6 +1,8 @@
-"""Export an LED checkpoint (hub id or local folder) to an artifacts folder.
+"""Export a checkpoint (hub id or local folder) to an artifacts folder: an LED (generation), or a
+Longformer with a question-answering head (extractive QA).
 
-Loads with `from_pretrained`, traces the encoder and decoder graphs through optimum's exporter,
+Loads with `from_pretrained`, traces the task's graphs (an LED's encoder and decoder, a
+Longformer's span graph) through optimum's exporter,
 optionally converts them to fp16, validates them against transformers, and writes the tokenizer,
 configs and manifest. Everything is built in a temporary sibling folder that replaces the output
 only when all steps succeeded: a failure leaves nothing half-written behind.
@@ -23,15 +25,22 @@ from transformers import (
     AutoTokenizer,
     GenerationConfig,
     LEDForConditionalGeneration,
+    LongformerForQuestionAnswering,
 )
 from transformers.utils import logging as hf_logging
 
+from ledserve.export import extractive, graphs
 from ledserve.export.fp16 import to_fp16
-from ledserve.export.graphs import GRAPHS
 from ledserve.export.int8 import to_int8
 from ledserve.export.manifest import build_manifest, graph_signature
 from ledserve.export.validate import format_table, validate
 from ledserve.manifest import Graph, Manifest
+
+# model_type -> (the transformers class loaded, the graphs exported: file stem -> (module, config))
+MODELS = {
+    "led": (LEDForConditionalGeneration, graphs.GRAPHS),
+    "longformer": (LongformerForQuestionAnswering, extractive.GRAPHS),
+}
 
 DTYPES = ("fp32", "fp16", "int8")
 # Graphs whose initializers pass this many bytes keep their weights in one external data file
@@ -90,7 +99,8 @@ def _looks_like_path(name: str) -> bool:
 
 
 def load_checkpoint(name: str):
-    """Model, tokenizer and generation config through `from_pretrained`, with clear errors."""
+    """Model, tokenizer and generation config (None for an extractive model) through
+    `from_pretrained`, with clear errors."""
     if _looks_like_path(name) and not Path(name).expanduser().is_dir():
         raise ExportError(f"model folder not found: {name}")
     source = str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name
@@ -98,16 +108,29 @@ def load_checkpoint(name: str):
         config = AutoConfig.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise ExportError(f"could not load a model config from {name!r}: {e}") from e
-    if config.model_type != "led":
+    if config.model_type not in MODELS:
         raise ExportError(
-            f"{name!r} is a {config.model_type!r} model; ledserve exports LED models "
-            "(model_type 'led', e.g. allenai/led-base-16384)"
+            f"{name!r} is a {config.model_type!r} model; ledserve exports LED models (model_type "
+            "'led', e.g. allenai/led-base-16384) and Longformer question-answering models "
+            "(model_type 'longformer', e.g. mrm8488/longformer-base-4096-finetuned-squadv2)"
+        )
+    model_class = MODELS[config.model_type][0]
+    architectures = config.architectures or []
+    if config.model_type == "longformer" and model_class.__name__ not in architectures:
+        raise ExportError(
+            f"{name!r} is a Longformer without a question-answering head (its architectures: "
+            f"{', '.join(architectures) or 'none'}); ledserve exports "
+            "LongformerForQuestionAnswering checkpoints"
         )
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise ExportError(f"{name!r} has no loadable tokenizer: {e}") from e
-    model = LEDForConditionalGeneration.from_pretrained(source, dtype=torch.float32).eval()
+    if not tokenizer.is_fast:  # the span answers need its offsets and word ids
+        raise ExportError(f"{name!r} has no fast tokenizer (tokenizer.json or vocab + merges)")
+    model = model_class.from_pretrained(source, dtype=torch.float32).eval()
+    if config.model_type == "longformer":
+        return model, tokenizer, None
     try:
         generation = GenerationConfig.from_pretrained(source)
     except OSError:
@@ -178,9 +201,9 @@ def export_model(cfg: ExportConfig) -> Manifest:
 
 def _build(cfg, model, tokenizer, generation, work: Path) -> Manifest:
     config = model.config
-    graphs = {}
-    for name, (graph, onnx_config) in GRAPHS.items():
-        graphs[name] = _export_graph(
+    exported = {}
+    for name, (graph, onnx_config) in MODELS[config.model_type][1].items():
+        exported[name] = _export_graph(
             graph(model).eval(), onnx_config(config), work / f"{name}.onnx", cfg.opset, cfg.dtype
         )
 
@@ -200,8 +223,9 @@ def _build(cfg, model, tokenizer, generation, work: Path) -> Manifest:
     with step("writing tokenizer, configs and manifest"):
         tokenizer.save_pretrained(str(work))
         config.save_pretrained(str(work))
-        generation.save_pretrained(str(work))
+        if generation is not None:
+            generation.save_pretrained(str(work))
         manifest = build_manifest(
-            cfg.model, cfg.dtype, cfg.opset, model, generation, graphs, report
+            cfg.model, cfg.dtype, cfg.opset, model, generation, exported, report
         ).write(work)
     return manifest

@@ -15,6 +15,8 @@ from ledserve.export.graphs import (
     PRESENT_VALUE,
 )
 from ledserve.manifest import (
+    EXTRACTIVE_QA,
+    GENERATION,
     INPUT_TEMPLATE,
     Graph,
     Manifest,
@@ -66,10 +68,13 @@ def build_manifest(
     graphs: dict[str, Graph],
     validation: Validation | None,
 ) -> Manifest:
-    """The manifest of an export of the transformers `model` (its `files` are filled when it is
-    written)."""
+    """The manifest of an export of the transformers `model`, an LED or a Longformer with a
+    question-answering head (its `files` are filled when it is written)."""
     config = model.config
+    if config.model_type == "longformer":
+        return _extractive_manifest(source, dtype, opset, model, graphs, validation)
     return Manifest(
+        task=GENERATION,
         source=Source(
             model=source,
             revision=getattr(config, "_commit_hash", None),
@@ -109,5 +114,48 @@ def build_manifest(
             cross_key=CROSS_KEY,
             cross_value=CROSS_VALUE,
         ),
+        validation=validation,
+    )
+
+
+def _extractive_manifest(source, dtype, opset, model, graphs, validation) -> Manifest:
+    config = model.config
+    windows = config.attention_window
+    windows = [windows] * config.num_hidden_layers if isinstance(windows, int) else windows
+    return Manifest(
+        task=EXTRACTIVE_QA,
+        source=Source(
+            model=source,
+            revision=getattr(config, "_commit_hash", None),
+            model_type=config.model_type,
+        ),
+        dtype=dtype,
+        opset=opset,
+        packages=package_versions(),
+        model=ModelShape(
+            d_model=config.hidden_size,
+            encoder_layers=config.num_hidden_layers,
+            decoder_layers=0,
+            encoder_attention_heads=config.num_attention_heads,
+            decoder_attention_heads=0,
+            head_dim=config.hidden_size // config.num_attention_heads,
+            attention_window=tuple(windows),
+            # RoBERTa's positions start after the padding index (two reserved embeddings)
+            max_encoder_positions=config.max_position_embeddings - config.pad_token_id - 1,
+            max_decoder_positions=0,
+            vocab_size=config.vocab_size,
+        ),
+        special_tokens=SpecialTokens(
+            pad=config.pad_token_id,
+            bos=config.bos_token_id,
+            eos=config.sep_token_id,
+            decoder_start=None,
+            forced_bos=None,
+            forced_eos=None,
+        ),
+        input_template=None,
+        generation_defaults={},
+        graphs=graphs,
+        tensor_names=None,
         validation=validation,
     )

@@ -1,6 +1,6 @@
 """Validation of exported graphs against transformers on fresh random inputs.
 
-The encoder is checked at lengths around the attention window (below, at, across its multiples),
+The encoder (and an extractive model's span graph) is checked at lengths around the attention window (below, at, across its multiples),
 in padded batches and under several global-attention patterns; the decoder over teacher-forced
 steps with its KV cache. Errors are reported per output: max abs, max abs relative to the largest
 reference magnitude, and root-mean-square error relative to the reference's; with them the share
@@ -72,7 +72,11 @@ def encoder_cases(config, rng) -> list[tuple[str, dict]]:
     """Lengths 1, w-1, w+1 and 3w+5, batches with padded rows, for the largest window w; capped at
     the longest input transformers accepts (it pads to a multiple of w within the positions)."""
     window = max(config.attention_window)
-    limit = config.max_encoder_position_embeddings - config.max_encoder_position_embeddings % window
+    if config.model_type == "longformer":  # RoBERTa positions: two reserved
+        positions = config.max_position_embeddings - config.pad_token_id - 1
+    else:
+        positions = config.max_encoder_position_embeddings
+    limit = positions - positions % window
     patterns = ["none", "first", "question", "random"]
     cases = []
     for i, length in enumerate(
@@ -180,6 +184,8 @@ def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = 
     seed = int(np.random.SeedSequence().entropy % 2**32) if seed is None else seed
     rng = np.random.default_rng(seed)
     config = model.config
+    if config.model_type == "longformer":
+        return _validation(seed, device, dtype, _extractive_checks(model, folder, dtype, device, rng))
     encoder = session(folder / "encoder.onnx", device)
     decoder = session(folder / "decoder.onnx", device)
     encoder_names = [o.name for o in encoder.get_outputs()]
@@ -213,6 +219,28 @@ def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = 
                 dtype,
             )
         )
+    return _validation(seed, device, dtype, checks, agree / max(steps_seen, 1))
+
+
+@torch.no_grad()
+def _extractive_checks(model, folder, dtype: str, device: str, rng) -> list[Check]:
+    """The span graph against transformers' LongformerForQuestionAnswering on the encoder cases;
+    padding positions (junk on both sides) are left out."""
+    qa = session(folder / "qa.onnx", device)
+    names = [o.name for o in qa.get_outputs()]
+    checks = []
+    for case, inputs in encoder_cases(model.config, rng):
+        want = model(**{k: torch.from_numpy(v) for k, v in inputs.items()})
+        got = dict(zip(names, qa.run(None, inputs), strict=True))
+        kept = inputs["attention_mask"] == 1
+        checks += [
+            compare("qa", name, case, got[name][kept], getattr(want, name).numpy()[kept], dtype)
+            for name in names
+        ]
+    return checks
+
+
+def _validation(seed, device, dtype, checks, argmax_agreement=None) -> Validation:
     metric, limit = TOLERANCES[dtype]
     return Validation(
         seed=seed,
@@ -221,7 +249,7 @@ def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = 
         criterion=f"{metric} <= {limit:g}",
         passed=all(c.passed for c in checks),
         checks=tuple(checks),
-        argmax_agreement=agree / max(steps_seen, 1),
+        argmax_agreement=argmax_agreement,
     )
 
 
