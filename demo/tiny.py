@@ -93,7 +93,8 @@ def build_random_led(
 ) -> LEDForConditionalGeneration:
     """Save a random LED (TINY shape unless overridden) and a local tokenizer into `folder`.
 
-    Weights as `_randomize` draws them. `eos_bias` is added to EOS's logit, so that generation ends at varied lengths.
+    Weights as `_randomize` draws them. `eos_bias` is added to EOS's logit, so that generation
+    ends at varied lengths.
     """
     folder = Path(folder)
     tokenizer = train_tokenizer(folder)

@@ -1,14 +1,14 @@
 """Validation of exported graphs against transformers on fresh random inputs.
 
-The encoder (and an extractive model's span graph) is checked at lengths around the attention window (below, at, across its multiples),
-in padded batches and under several global-attention patterns; the decoder over teacher-forced
-steps with its KV cache. Errors are reported per output: max abs, max abs relative to the largest
-reference magnitude, and root-mean-square error relative to the reference's; with them the share
-of decoder steps whose argmax equals transformers'. fp32 must match within an absolute 1e-4, fp16
-within 1e-2 relative, int8 within 0.25 RMS-relative: on the tests' tiny random models (d_model
-24-32, one scale per weight tensor) int8 reached 0.14 in 24 runs, while every encoder weight scale
-off by 2x gave 2 to 3. int8 answer quality is measured on the trained demo model
-(benchmarks/quality.py, tests/test_demo_model.py), not here.
+The encoder (and an extractive model's span graph) is checked at lengths around the attention
+window (below, at, across its multiples), in padded batches and under several global-attention
+patterns; the decoder over teacher-forced steps with its KV cache. Errors are reported per output:
+max abs, max abs relative to the largest reference magnitude, and root-mean-square error relative
+to the reference's; with them the share of decoder steps whose argmax equals transformers'. fp32
+must match within an absolute 1e-4, fp16 within 1e-2 relative, int8 within 0.25 RMS-relative: on
+the tests' tiny random models (d_model 24-32, one scale per weight tensor) int8 reached 0.14 in 24
+runs, while every encoder weight scale off by 2x gave 2 to 3. int8 answer quality is measured on
+the trained demo model (benchmarks/quality.py, tests/test_demo_model.py), not here.
 """
 
 import numpy as np
@@ -185,7 +185,8 @@ def validate(model, folder, dtype: str, device: str = "cpu", seed: int | None = 
     rng = np.random.default_rng(seed)
     config = model.config
     if config.model_type == "longformer":
-        return _validation(seed, device, dtype, _extractive_checks(model, folder, dtype, device, rng))
+        checks = _extractive_checks(model, folder, dtype, device, rng)
+        return _validation(seed, device, dtype, checks)
     encoder = session(folder / "encoder.onnx", device)
     decoder = session(folder / "decoder.onnx", device)
     encoder_names = [o.name for o in encoder.get_outputs()]
