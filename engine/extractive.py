@@ -137,6 +137,7 @@ class Extractor:
     """`Engine.from_artifacts` returns one for an extractive artifacts folder."""
 
     task = EXTRACTIVE_QA
+    max_top_k = MAX_TOP_K
 
     def __init__(self, artifacts: Artifacts, device: str = "cpu", **config):
         if artifacts.manifest.task != EXTRACTIVE_QA:
@@ -150,6 +151,9 @@ class Extractor:
         self._pending: deque[Job] = deque()  # jobs with windows not yet run, in turn
         self._queued_windows = 0
         self._lock = threading.Condition()
+        # A fast tokenizer called with truncation settings changes its own state: two threads
+        # at once fail ("Already borrowed").
+        self._tokenizing = threading.Lock()
         self._thread: threading.Thread | None = None
         self.runs = 0  # graph runs
         self.windows_run = 0
@@ -193,8 +197,9 @@ class Extractor:
         """Check and tokenize a request and queue its windows (the slow part of a huge
         document is here, in the caller's thread). `on_done` is called, on the runner thread,
         once every window ran or one failed."""
-        window, stride = self._check(question, passages, params)
-        jobs = [Job(self._windows(question, p, window, stride)) for p in passages]
+        with self._tokenizing:
+            window, stride = self._check(question, passages, params)
+            jobs = [Job(self._windows(question, p, window, stride)) for p in passages]
         request = Pending(passages, params, jobs, on_done)
         self._submit(request)
         return request
@@ -280,10 +285,11 @@ class Extractor:
         stride = min(window // 2, 128) if params.doc_stride is None else params.doc_stride
         tokens = len(self.tokenizer(question, add_special_tokens=False)["input_ids"])
         room = window - tokens - self.tokenizer.num_special_tokens_to_add(pair=True)
-        if room < 1:
+        if room < 1:  # one context token at least
+            most = window - self.tokenizer.num_special_tokens_to_add(pair=True) - 1
             raise InvalidRequest(
                 f"question has {tokens} tokens; a window of max_seq_len {window} tokens holds at "
-                f"most {tokens - room} question tokens"
+                f"most {most} question tokens"
             )
         if not 0 <= stride < room:
             raise InvalidRequest(

@@ -15,7 +15,9 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from ledserve.engine.engine import Engine, EngineConfig
-from ledserve.engine.errors import EngineError
+from ledserve.engine.errors import ArtifactError, EngineError
+from ledserve.engine.extractive import Extractor, ExtractorConfig
+from ledserve.manifest import EXTRACTIVE_QA, Manifest, ManifestError
 from ledserve.proto.ledserve.v1 import ledserve_pb2
 from ledserve.server.logs import log
 from ledserve.server.metrics import Metrics
@@ -31,11 +33,15 @@ NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 class ServerConfig:
     artifacts: Path | None
     """None: the embedded demo model, exported on first use once the port is open."""
+    more_artifacts: tuple[Path, ...] = ()
+    """Further artifacts folders, one per task at most: e.g. an extractive model's (Extract)
+    beside the generative one."""
     host: str = "127.0.0.1"
     port: int = 50051
     """0 picks a free port."""
     device: str = "auto"
     engine: EngineConfig = field(default_factory=EngineConfig)
+    extractor: ExtractorConfig = field(default_factory=ExtractorConfig)
     metrics_port: int | None = None
     """Prometheus /metrics on host:metrics_port; None: not exposed (0 picks a free port)."""
     grace_seconds: float = 30.0
@@ -126,7 +132,8 @@ class LedServer:
         return self.port
 
     async def load(self):
-        """Load the artifacts, start the decode loop, run one warm-up request, then SERVING."""
+        """Load each artifacts folder (its task from its manifest), start the decode loop, run
+        one warm-up request per model, then SERVING."""
         c = self.config
         artifacts = c.artifacts
         if artifacts is None:  # exporting the demo model takes seconds: health says NOT_SERVING
@@ -134,20 +141,39 @@ class LedServer:
 
             log("model.preparing_demo")
             artifacts = await asyncio.to_thread(default_artifacts)
-        log("model.loading", artifacts=str(artifacts), device=c.device)
-        engine = await asyncio.to_thread(
-            Engine.from_artifacts, artifacts, c.device, c.verify_artifacts, **vars(c.engine)
-        )
-        engine.start()
-        prompt = await asyncio.to_thread(engine.prompts.build, "warm up?", "warm up.")
-        await asyncio.to_thread(
-            engine.generate, [prompt.input_ids], [prompt.global_attention_mask], max_new_tokens=2
-        )
-        self.metrics.watch(engine)
-        self.service.engine = engine
+        engine = extractor = None
+        for folder in (artifacts, *c.more_artifacts):
+            log("model.loading", artifacts=str(folder), device=c.device)
+            try:
+                task = Manifest.read(folder).task
+            except ManifestError as e:
+                raise ArtifactError(str(e)) from e
+            if (extractor if task == EXTRACTIVE_QA else engine) is not None:
+                raise ArtifactError(f"two artifacts folders serve {task}: give one per task")
+            if task == EXTRACTIVE_QA:
+                extractor = await asyncio.to_thread(
+                    Extractor.from_artifacts, folder, c.device, c.verify_artifacts,
+                    **vars(c.extractor),
+                )  # fmt: skip
+                await asyncio.to_thread(extractor.extract, "warm up?", "warm up.")
+                continue
+            engine = await asyncio.to_thread(
+                Engine.from_artifacts, folder, c.device, c.verify_artifacts, **vars(c.engine)
+            )
+            engine.start()
+            prompt = await asyncio.to_thread(engine.prompts.build, "warm up?", "warm up.")
+            await asyncio.to_thread(
+                engine.generate, [prompt.input_ids], [prompt.global_attention_mask],
+                max_new_tokens=2,
+            )  # fmt: skip
+            self.metrics.watch(engine)
+        self.service.engine, self.service.extractor = engine, extractor
+        self.service.loaded = True
         for name in ("", SERVICE):
             await self.health.set(name, SERVING)
-        log("model.ready", device=engine.runtime.device_name, **vars(c.engine))
+        device = engine.runtime.device_name if engine else extractor.device_name
+        log("model.ready", device=device, tasks=[m.task for m in (engine, extractor) if m],
+            **vars(c.engine))  # fmt: skip
 
     async def stop(self, grace: float | None = None):
         """Refuse new RPCs, let in-flight ones finish within `grace` seconds, then stop."""
@@ -159,6 +185,9 @@ class LedServer:
         engine, self.service.engine = self.service.engine, None
         if engine is not None:
             engine.stop()
+        extractor, self.service.extractor = self.service.extractor, None
+        if extractor is not None:
+            extractor.stop()
         if self._metrics_http is not None:
             self._metrics_http.shutdown()
         log("server.stopped")
@@ -198,13 +227,14 @@ class BackgroundServer:
         self._thread.start()
         self.server = LedServer(config, metrics)
         self.port = self._run(self.server.start())
-        self.engine = None
+        self.engine = self.extractor = None
         if load:
             self.load()
 
     def load(self):
         self._run(self.server.load())
         self.engine = self.server.service.engine
+        self.extractor = self.server.service.extractor
 
     def _run(self, coroutine):
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()

@@ -51,6 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser):
         parser.add_argument("--" + name.replace("_", "-"), type=kind)
     parser.add_argument("--early-stopping", choices=sorted(_EARLY_STOPPING))
     parser.add_argument("--do-sample", action="store_true", default=None)
+    extractive = parser.add_argument_group(
+        "extractive answers (--extractive: answer spans from the passages, Extract)"
+    )
+    extractive.add_argument("--extractive", action="store_true")
+    extractive.add_argument("--answers", type=int, help="answers to return (the pipeline's top_k)")
+    extractive.add_argument("--max-answer-len", type=int, help="longest answer, in tokens")
+    extractive.add_argument(
+        "--handle-impossible-answer", action="store_true", default=None,
+        help="the no-answer may be among the answers",
+    )  # fmt: skip
+    extractive.add_argument("--doc-stride", type=int, help="tokens shared by neighbouring windows")
+    extractive.add_argument("--max-seq-len", type=int, help="tokens per window")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -78,6 +90,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     with client:
+        if args.extractive:
+            return print_extraction(client, args, passages)
         text = print_answer(
             client,
             args.question,
@@ -118,3 +132,35 @@ def print_answer(client, question: str, passages: list[str], **kwargs) -> str | 
         file=sys.stderr,
     )
     return text
+
+
+def print_extraction(client, args, passages: list[str]) -> int:
+    """Print each extracted answer (best first) with its score and place, and the no-answer's
+    score; 0, or 1 when the server refused or failed the request."""
+    import grpc
+
+    try:
+        reply = client.extract(
+            args.question,
+            passages,
+            request_id=args.request_id,
+            timeout=args.timeout,
+            top_k=args.answers,
+            max_answer_len=args.max_answer_len,
+            handle_impossible_answer=args.handle_impossible_answer,
+            doc_stride=args.doc_stride,
+            max_seq_len=args.max_seq_len,
+        )
+    except grpc.RpcError as e:
+        print(f"error: {e.code().name}: {e.details()}", file=sys.stderr)
+        return 1
+    for a in reply.answers:
+        print(a.text if a.text else "(no answer)")
+        print(f"  [score {a.score:.4f}, passage {a.passage}, characters {a.start}-{a.end}]",
+              file=sys.stderr)  # fmt: skip
+    print(
+        f"[no-answer score {reply.no_answer_score:.4f}; {reply.windows} windows, "
+        f"{reply.input_tokens} tokens; total {reply.total_seconds:.3f} s]",
+        file=sys.stderr,
+    )
+    return 0

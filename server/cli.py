@@ -18,7 +18,9 @@ def add_arguments(parser: argparse.ArgumentParser):
     parser.add_argument(
         "--artifacts",
         type=Path,
-        help="an exported folder (default: the embedded demo model, exported on first use)",
+        action="append",
+        help="an exported folder; repeatable, one per task (a generative LED's, an extractive "
+        "Longformer's) (default: the embedded demo model, exported on first use)",
     )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=50051, help="0 picks a free port")
@@ -102,7 +104,9 @@ def run(args: argparse.Namespace) -> int:
         if client_rows is None:  # room for a second client, and for one request of max_beams
             client_rows = min(max(args.max_rows // 2, args.max_beams), args.max_rows)
         config = ServerConfig(
-            artifacts=args.artifacts,  # None: the demo model, prepared after listening
+            # None: the demo model, prepared after listening
+            artifacts=args.artifacts[0] if args.artifacts else None,
+            more_artifacts=tuple(args.artifacts[1:]) if args.artifacts else (),
             host=args.host,
             port=args.port,
             device=args.device,

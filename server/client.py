@@ -1,5 +1,6 @@
-"""A Python client of the LedServe service (sync gRPC): stream an answer, get it whole, describe
-the model, wait until the server is SERVING. Needs neither torch nor onnxruntime."""
+"""A Python client of the LedServe service (sync gRPC): stream an answer, get it whole, extract
+answer spans, describe the models, wait until the server is SERVING. Needs neither torch nor
+onnxruntime."""
 
 import time
 from collections.abc import Iterator
@@ -77,6 +78,19 @@ class Client:
     def generate(self, *args, timeout: float | None = None, **kwargs) -> pb.GenerateResponse:
         request = build_request(*args, **kwargs)
         return self.stub.GenerateAll(request, timeout=timeout, metadata=self.metadata)
+
+    def extract(self, question: str, context: str | list[str], *, request_id: str = "",
+                timeout: float | None = None, **parameters) -> pb.ExtractResponse:  # fmt: skip
+        """Answer spans from the passages; `parameters`: top_k, max_answer_len,
+        handle_impossible_answer, doc_stride, max_seq_len."""
+        passages = [context] if isinstance(context, str) else list(context)
+        values = {k: v for k, v in parameters.items() if v is not None}
+        request = pb.ExtractRequest(
+            request_id=request_id,
+            document=pb.Document(question=question, passages=passages),
+            parameters=pb.ExtractParameters(**values),
+        )
+        return self.stub.Extract(request, timeout=timeout, metadata=self.metadata)
 
     def describe(self, timeout: float | None = None) -> pb.ModelInfo:
         request = pb.DescribeModelRequest()

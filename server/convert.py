@@ -121,7 +121,60 @@ def summary(event, tokenizer, input_tokens: int, truncated: tuple[int, int],
     )
 
 
-def model_info(engine) -> pb.ModelInfo:
+EXTRACT_PARAMETERS = tuple(f.name for f in pb.ExtractParameters.DESCRIPTOR.fields)
+
+
+def extract_parameters_to_kwargs(parameters: pb.ExtractParameters) -> dict:
+    """The fields a request set, as ExtractParams values."""
+    return {n: getattr(parameters, n) for n in EXTRACT_PARAMETERS if parameters.HasField(n)}
+
+
+def document(request) -> tuple[str, list[str]]:
+    """An ExtractRequest's question and passages."""
+    if not request.HasField("document"):
+        raise InvalidRequest("document is required (a question and its passages)")
+    return request.document.question, list(request.document.passages)
+
+
+def extraction(request_id: str, result, seconds: float) -> pb.ExtractResponse:
+    return pb.ExtractResponse(
+        request_id=request_id,
+        answers=[
+            pb.ExtractedAnswer(
+                text=a.text, score=a.score, passage=a.passage, start=a.start, end=a.end
+            )
+            for a in result.answers
+        ],
+        no_answer_score=result.no_answer_score,
+        windows=result.windows,
+        input_tokens=result.input_tokens,
+        total_seconds=seconds,
+    )
+
+
+def model_info(engine, extractor=None) -> pb.ModelInfo:
+    """The generative engine's model (fields empty without one), the tasks served and the
+    extractive model."""
+    info = pb.ModelInfo()
+    if engine is not None:
+        info = _generation_info(engine)
+        info.tasks.append(engine.task)
+    if extractor is not None:
+        info.tasks.append(extractor.task)
+        info.extractive.CopyFrom(
+            pb.ExtractiveModelInfo(
+                name=extractor.manifest.source.model,
+                dtype=extractor.manifest.dtype,
+                device=extractor.device_name,
+                max_seq_len=extractor.max_input,
+                max_top_k=extractor.max_top_k,
+                max_context_characters=extractor.config.max_context_characters,
+            )
+        )
+    return info
+
+
+def _generation_info(engine) -> pb.ModelInfo:
     manifest = engine.manifest
     defaults = engine.params()
     return pb.ModelInfo(

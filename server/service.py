@@ -11,7 +11,8 @@ import uuid
 import grpc
 
 from ledserve.engine.detokenize import Detokenizer
-from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest
+from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest, WrongTask
+from ledserve.engine.extractive import ExtractParams
 from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 from ledserve.server import convert
 from ledserve.server.logs import log
@@ -41,6 +42,8 @@ def _status(error: Exception, request_id: str) -> tuple[grpc.StatusCode, str]:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, f"{error}; retry later"
     if isinstance(error, NotReady):
         return grpc.StatusCode.UNAVAILABLE, str(error)
+    if isinstance(error, WrongTask):
+        return grpc.StatusCode.FAILED_PRECONDITION, str(error)
     if isinstance(error, RequestFailed) and error.failure is Failure.OUT_OF_MEMORY:
         return grpc.StatusCode.RESOURCE_EXHAUSTED, (
             f"request {request_id} ran out of memory on the server; retry later or send a "
@@ -96,6 +99,11 @@ def add_to_server(service: "LedServeService", server):
             request_deserializer=_parser(pb.DescribeModelRequest),
             response_serializer=pb.ModelInfo.SerializeToString,
         ),
+        "Extract": grpc.unary_unary_rpc_method_handler(
+            service.Extract,
+            request_deserializer=_parser(pb.ExtractRequest),
+            response_serializer=pb.ExtractResponse.SerializeToString,
+        ),
     }
     name = pb.DESCRIPTOR.services_by_name["LedServe"].full_name
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(name, handlers),))
@@ -119,7 +127,9 @@ class LedServeService:
     def __init__(self, metrics: Metrics, tokens: dict[str, str] | None = None,
                  max_requests_per_client: int | None = None):  # fmt: skip
         self.metrics = metrics
-        self.engine = None  # set once the model is loaded and warmed up
+        self.engine = None  # the generative engine, set once loaded and warmed up
+        self.extractor = None  # the extractive engine (Extract), likewise
+        self.loaded = False  # every model given is loaded: a missing one is a wrong task
         self.tokens, self.max_requests_per_client = tokens, max_requests_per_client
         self.in_flight: dict[str, int] = {}  # client identity -> its Generate / GenerateAll RPCs
 
@@ -142,9 +152,23 @@ class LedServeService:
                 del self.in_flight[client]
 
     def _engine(self):
+        if self.engine is None and self.loaded:
+            raise WrongTask(
+                "this server has no generative model (it serves extractive-qa: call Extract)"
+            )
         if self.engine is None:
             raise NotReady("the model is not loaded yet; watch the health service")
         return self.engine
+
+    def _extractor(self):
+        if self.extractor is None and self.loaded:
+            raise WrongTask(
+                "this server has no extractive model: start it with the artifacts of a Longformer "
+                "question-answering checkpoint (ledserve serve --artifacts DIR, repeatable)"
+            )
+        if self.extractor is None:
+            raise NotReady("the model is not loaded yet; watch the health service")
+        return self.extractor
 
     async def Generate(self, request, context):
         request_id = request.request_id or uuid.uuid4().hex
@@ -180,9 +204,53 @@ class LedServeService:
         try:
             if isinstance(request, Unparsable):
                 request.refuse()
-            return convert.model_info(self._engine())
+            if not self.loaded:
+                raise NotReady("the model is not loaded yet; watch the health service")
+            return convert.model_info(self.engine, self.extractor)
         except Exception as e:
             await self._abort("DescribeModel", "", e, context)
+
+    async def Extract(self, request, context):
+        request_id = getattr(request, "request_id", "") or uuid.uuid4().hex
+        arrival = time.perf_counter()
+        try:
+            with self._client_slot(context) as client:
+                if isinstance(request, Unparsable):
+                    log("request.unparsable", request_id=request_id, detail=str(request.error))
+                    request.refuse()
+                extractor = self._extractor()
+                question, passages = convert.document(request)
+                params = ExtractParams(**convert.extract_parameters_to_kwargs(request.parameters))
+                loop = asyncio.get_running_loop()
+                done = loop.create_future()
+
+                def on_done():  # on the extractor's thread
+                    loop.call_soon_threadsafe(lambda: done.done() or done.set_result(None))
+
+                # tokenizing a long document takes a while: off the event loop
+                pending = await asyncio.to_thread(
+                    extractor.prepare, question, passages, params, on_done
+                )
+                log("request.start", request_id=request_id, client=client, method="Extract",
+                    windows=sum(len(j.windows) for j in pending.jobs),
+                    parameters=vars(params))  # fmt: skip
+                try:
+                    await done
+                finally:
+                    extractor.cancel(pending)  # windows of an abandoned request are not run
+                result = await asyncio.to_thread(extractor.finish, pending)
+                seconds = time.perf_counter() - arrival
+                log("request.done", request_id=request_id, method="Extract",
+                    windows=result.windows, input_tokens=result.input_tokens,
+                    answers=len(result.answers), total_seconds=round(seconds, 4))  # fmt: skip
+                self.metrics.input_tokens.inc(result.input_tokens)
+                self.metrics.requests.labels("Extract", "OK").inc()
+                return convert.extraction(request_id, result, seconds)
+        except Exception as e:
+            await self._abort("Extract", request_id, e, context)
+        except asyncio.CancelledError:
+            self._cancelled("Extract", request_id, context)
+            raise
 
     async def _chunks(self, request: pb.GenerateRequest, request_id: str, client: str):
         """Submit the request to the engine and yield its chunks, the summary last."""
