@@ -93,6 +93,8 @@ class Example:
     person: str  # whom the question is about
     relation: str
     fact_start: int  # character offset of the needed fact in `context`
+    value: str = ""  # the needed fact's value ("" when the document does not hold the answer)
+    value_start: int = 0  # its character offset in `context`
 
 
 def approximate_tokens(text: str) -> int:
@@ -153,14 +155,29 @@ def make_example(
     at = rng.randint(0, len(sentences))  # the needed fact anywhere: beginning, middle, end
     before = " ".join(sentences[:at])
     context = " ".join([*sentences[:at], needed, *sentences[at:]])
+    fact_start = len(before) + 1 if before else 0
     return Example(
         question=relation.question.format(e=target),
         context=context,
         answer=relation.answer.format(e=target, v=value),
         person=target,
         relation=relation.name,
-        fact_start=len(before) + 1 if before else 0,
+        fact_start=fact_start,
+        value=value,  # every fact names the person before the value
+        value_start=fact_start + needed.index(value, needed.index(target) + len(target)),
     )
+
+
+def make_unanswerable(rng: random.Random, lengths: tuple[int, int] = LENGTHS, **kwargs) -> Example:
+    """A document and a question about someone it never mentions (answer "", value "")."""
+    example = make_example(rng, lengths, **kwargs)
+    words = set(re.findall(r"\w+", example.context))
+    first = rng.choice([n for n in FIRST if n not in words])
+    last = rng.choice([n for n in LAST if n not in words])
+    relation = next(r for r in RELATIONS if r.name == example.relation)
+    absent = f"{first} {last}"
+    return Example(relation.question.format(e=absent), example.context, "", absent,
+                   relation.name, 0)  # fmt: skip
 
 
 def examples(seed: int, n: int, lengths: tuple[int, int] = LENGTHS, **kwargs) -> Iterator[Example]:
