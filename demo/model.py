@@ -1,5 +1,6 @@
-"""The embedded default model: a small LED trained by demo/train.py on demo/synthetic.py's
-long-context QA, shipped in demo/checkpoint/, exported on first use; and the demo's question."""
+"""The embedded default models, exported on first use: a small LED trained by demo/train.py on
+demo/synthetic.py's long-context QA (demo/checkpoint/), and a small extractive Longformer trained
+by demo/train_extractive.py on the same documents (demo/extractive/); and the demo's question."""
 
 import hashlib
 import os
@@ -7,12 +8,13 @@ import sys
 from pathlib import Path
 
 from ledserve.demo.synthetic import Example, approximate_tokens, examples
-from ledserve.export import attention, graphs
+from ledserve.export import attention, extractive, graphs
 from ledserve.export.cli import summary
 from ledserve.export.convert import ExportConfig, export_model
 from ledserve.manifest import FORMAT_VERSION, MANIFEST
 
 DEMO_MODEL = Path(__file__).parent / "checkpoint"
+DEMO_EXTRACTIVE = Path(__file__).parent / "extractive"
 DEMO_SEED = 2026
 
 
@@ -28,27 +30,29 @@ def demo_example() -> Example:
     raise RuntimeError("no demo example in 1000 draws")
 
 
-def _version() -> str:
+def _version(model: Path) -> str:
     """The sha256 of the shipped weights and tokenizer and of the code that builds the graphs,
     shortened: a new model, or graphs built differently, get a new cache."""
     digest = hashlib.sha256()
-    for path in (DEMO_MODEL / "model.safetensors", DEMO_MODEL / "tokenizer.json",
-                 Path(attention.__file__), Path(graphs.__file__)):  # fmt: skip
+    for path in (model / "model.safetensors", model / "tokenizer.json", Path(attention.__file__),
+                 Path(graphs.__file__), Path(extractive.__file__)):  # fmt: skip
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
 
-def default_artifacts(folder: Path | None = None) -> Path:
-    """The demo model exported (fp32, validated against transformers) into `folder`, or into
-    $XDG_CACHE_HOME/ledserve (~/.cache/ledserve) when none is given; reused once exported."""
+def default_artifacts(folder: Path | None = None, model: Path = DEMO_MODEL) -> Path:
+    """A demo model (the LED unless `model` says DEMO_EXTRACTIVE) exported (fp32, validated
+    against transformers) into `folder`, or into $XDG_CACHE_HOME/ledserve (~/.cache/ledserve)
+    when none is given; reused once exported."""
     if folder is None:
         cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
         # The manifest format in the name: artifacts of an older ledserve are not reused.
-        folder = cache / "ledserve" / f"demo-f{FORMAT_VERSION}-{_version()}"
+        kind = "demo" if model == DEMO_MODEL else "demo-extractive"
+        folder = cache / "ledserve" / f"{kind}-f{FORMAT_VERSION}-{_version(model)}"
     if (folder / MANIFEST).exists():
         print(f"[ledserve] reusing the exported demo model in {folder}", file=sys.stderr)
         return folder
-    print(f"[ledserve] exporting the embedded demo model to {folder}", file=sys.stderr)
-    manifest = export_model(ExportConfig(model=str(DEMO_MODEL), output=folder, validate=True))
+    print(f"[ledserve] exporting the embedded demo model {model.name} to {folder}", file=sys.stderr)
+    manifest = export_model(ExportConfig(model=str(model), output=folder, validate=True))
     print(summary(folder, manifest), file=sys.stderr)
     return folder

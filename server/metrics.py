@@ -37,6 +37,11 @@ class Metrics:
             "ledserve_inter_token_seconds", "Time between streamed chunks, per token"
         )
         self.total_seconds = seconds("ledserve_request_seconds", "Arrival to the last chunk")
+        self.extract_windows = Counter(
+            "ledserve_extract_windows", "Windows the Extract requests' passages were cut into",
+            registry=r,
+        )  # fmt: skip
+        self.extract_seconds = seconds("ledserve_extract_seconds", "Arrival to an Extract answer")
 
     def watch(self, engine):
         self.registry.register(_EngineCollector(engine))

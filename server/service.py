@@ -244,6 +244,8 @@ class LedServeService:
                     windows=result.windows, input_tokens=result.input_tokens,
                     answers=len(result.answers), total_seconds=round(seconds, 4))  # fmt: skip
                 self.metrics.input_tokens.inc(result.input_tokens)
+                self.metrics.extract_windows.inc(result.windows)
+                self.metrics.extract_seconds.observe(seconds)
                 self.metrics.requests.labels("Extract", "OK").inc()
                 return convert.extraction(request_id, result, seconds)
         except Exception as e:

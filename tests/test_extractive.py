@@ -6,7 +6,9 @@ import random
 import threading
 
 import grpc
+import numpy as np
 import pytest
+from test_fuzz import ALLOWED, INTS, TEXTS, _pick
 from transformers import AutoTokenizer, LongformerConfig, LongformerModel, pipeline
 
 from ledserve.demo.tiny import build_random_longformer_qa, corpus
@@ -15,6 +17,7 @@ from ledserve.engine.errors import InvalidRequest, WrongTask
 from ledserve.engine.extractive import Extractor
 from ledserve.export.convert import ExportConfig, ExportError, export_model
 from ledserve.manifest import EXTRACTIVE_QA, Manifest
+from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 from ledserve.server.app import BackgroundServer, ServerConfig
 from ledserve.server.client import Client
 
@@ -208,3 +211,52 @@ def test_extract_on_a_generative_server_is_failed_precondition(served):
             client.extract("what?", "a context.")
     assert wrong.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     assert "no extractive model" in wrong.value.details()
+
+
+def _random_extract(rng) -> pb.ExtractRequest:
+    values = {}
+    for field in pb.ExtractParameters.DESCRIPTOR.fields:
+        if rng.random() < 0.5:
+            continue
+        if field.type == field.TYPE_BOOL:
+            values[field.name] = bool(rng.integers(2))
+        else:
+            values[field.name] = _pick(rng, [*INTS, 16, 100, 128, 500])
+    passages = [_pick(rng, TEXTS) for _ in range(int(rng.integers(0, 3)))]
+    return pb.ExtractRequest(
+        request_id=_pick(rng, ["", "id-1", "x" * 200]),
+        document=pb.Document(question=_pick(rng, TEXTS), passages=passages),
+        parameters=pb.ExtractParameters(**values),
+    )
+
+
+def test_fuzzed_extract_requests_get_ok_or_a_refusal(qa_model):
+    """Random and extreme values in every Extract field, and random bytes as bodies: OK or a
+    refusal with a message, never INTERNAL or UNKNOWN; a normal request is answered the same
+    afterwards."""
+    rng = np.random.default_rng(0)
+    server = BackgroundServer(ServerConfig(artifacts=qa_model[1], port=0, device="cpu"))
+    try:
+        with Client(f"127.0.0.1:{server.port}") as client:
+            want = client.extract("where is the river?", "the river is in the city.")
+            codes = {}
+            for _ in range(80):
+                try:
+                    client.stub.Extract(_random_extract(rng), timeout=60)
+                    code = grpc.StatusCode.OK
+                except grpc.RpcError as e:
+                    code = e.code()
+                    assert code in ALLOWED and e.details() and "Traceback" not in e.details()
+                codes[code.name] = codes.get(code.name, 0) + 1
+            call = client.channel.unary_unary("/ledserve.v1.LedServe/Extract")
+            for _ in range(20):
+                try:
+                    call(rng.bytes(int(rng.integers(1, 200))), timeout=60)
+                except grpc.RpcError as e:
+                    assert e.code() in ALLOWED, (e.code(), e.details())
+            print(codes)
+            assert codes.get("OK", 0) > 0 and codes.get("INVALID_ARGUMENT", 0) > 0
+            again = client.extract("where is the river?", "the river is in the city.")
+            assert (again.answers, again.no_answer_score) == (want.answers, want.no_answer_score)
+    finally:
+        server.stop()
