@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def summary(folder: Path, manifest: Manifest) -> str:
-    lines = [f"exported {manifest.source.model} ({manifest.dtype}) to {folder}:"]
+    lines = [f"exported {manifest.source.model} ({manifest.task}, {manifest.dtype}) to {folder}:"]
     lines += [
         f"  {name:<28} {entry.bytes / 2**20:9.2f} MiB" for name, entry in manifest.files.items()
     ]
