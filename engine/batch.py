@@ -63,8 +63,11 @@ class DecodeBatch:
         self.request_rows = torch.from_numpy(request_rows).to(self.device)
         self.row_slots = torch.from_numpy(row_slots).to(self.device)
 
-    def advance(self, present: KVCache, reorder: np.ndarray):
+    def advance(self, present: KVCache, reorder: np.ndarray, compact: bool = False):
         """After a decoder run: `present` [rows] continued by `reorder` (each row's source row in
-        present; the identity costs nothing)."""
+        present; the identity costs nothing). `compact`: the run verified drafts, whose
+        rejected slots are empty now; once most slots are empty, they are dropped."""
         identity = np.array_equal(reorder, np.arange(present.rows))
         self.cache = present if identity else present.select(reorder)
+        if compact and 2 * int(self.cache.mask.sum(dim=1).max()) < self.cache.length:
+            self.cache = self.cache.compact()

@@ -22,6 +22,7 @@ from ledserve.engine.batch import DecodeBatch
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.encoder import EncoderWorker
 from ledserve.engine.errors import InvalidRequest, WrongTask
+from ledserve.engine.lookup import Drafts
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
@@ -108,6 +109,8 @@ class Engine:
         self.steps = 0  # loop iterations that ran the decoder
         self.decoder_calls = 0  # decoder graph runs (one per step)
         self.decoder_rows = 0  # rows summed over those runs
+        self.draft_tokens = 0  # prompt lookup: drafted tokens, verified in decoder runs
+        self.accepted_draft_tokens = 0  # those greedy kept
 
     @property
     def manifest(self) -> Manifest:
@@ -243,31 +246,39 @@ class Engine:
             request.mark("encoded")
 
     def _decode(self, batch: DecodeBatch):
-        tokens = np.concatenate([r.search.next_tokens for r in batch.requests])
+        step = Drafts(batch.requests, self.defaults["pad_token_id"])  # prompt lookup's, if any
         encoder_mask, cross = batch.cross.bound()
         logits, present = self.runtime.decode(
-            tokens, batch.cache, encoder_mask, cross, batch.request_rows, batch.row_slots
-        )
+            step.tokens, batch.cache, encoder_mask, cross, batch.request_rows, batch.row_slots,
+            step.new_mask,
+        )  # fmt: skip
         self.decoder_calls += 1
-        self.decoder_rows += len(tokens)
-        # [rows] bool, before any processor's -inf: a row holding an inf or a NaN sums to one
-        # (in float32, so fp16 logits cannot overflow the sum); 40x cheaper than isfinite().all()
-        finite = torch.isfinite(logits.sum(dim=-1, dtype=torch.float32))
+        self.decoder_rows += present.rows
         picks, beams = [], []  # (request, its rows): greedy and sampling; beam search
         start = 0
         for r in batch.requests:
             rows = slice(start, start + r.rows)
             start += r.rows
             (picks if isinstance(r.search, TokenSearch) else beams).append((r, rows))
-        tokens, errors = choose_tokens(logits, picks)
+        # [rows + verified draft positions, vocab]: each row's first position, then the drafts'
+        logits, verified = step.scores(logits, picks)
+        # [rows] bool, before any processor's -inf: a row holding an inf or a NaN sums to one
+        # (in float32, so fp16 logits cannot overflow the sum); 40x cheaper than isfinite().all()
+        finite = torch.isfinite(logits.sum(dim=-1, dtype=torch.float32))
+        tokens, errors = choose_tokens(logits, picks + verified)
         proposals = beam.propose_all(logits, beams) if beams else []
         candidates = [p for p in proposals if isinstance(p, torch.Tensor)]
         parts = [tokens.double(), *candidates, finite.double()]
         host = torch.cat(parts).cpu().numpy()  # the step's one device->host copy
         host, finite = host[: -len(finite)], host[-len(finite) :].astype(bool)
-        settle_tokens(picks, host[: len(tokens)].astype(np.int64), finite, errors)
+        plain, own = step.settle(picks, host[: len(tokens)].astype(np.int64), finite, errors,
+                                 NON_FINITE)  # fmt: skip
+        settle_tokens(plain, own, finite, errors)
+        step.keep(present)
+        self.draft_tokens += step.drafted
+        self.accepted_draft_tokens += sum(step.accepted.values())
         at, vocab = len(tokens), logits.shape[-1]
-        reorder = np.arange(len(finite))  # each row's source row in present
+        reorder = np.arange(present.rows)  # each row's source row in present
         for (r, rows), proposal in zip(beams, proposals, strict=True):
             if isinstance(proposal, Exception):  # this request only; the others go on
                 r.fail(proposal)
@@ -284,7 +295,7 @@ class Engine:
             reorder[rows] = np.arange(rows.start, rows.stop)[order]
             if not r.search.done:
                 r.emit_progress()
-        batch.advance(present, reorder)
+        batch.advance(present, reorder, compact=bool(step.drafts))
 
     # -- driving the loop ------------------------------------------------------------------
     def start(self):

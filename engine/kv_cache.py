@@ -37,7 +37,10 @@ class KVCache:
         empty in every selected row are dropped."""
         index = torch.as_tensor(rows, dtype=torch.int64, device=self.mask.device)
         mask = self.mask.index_select(0, index)
-        trim = self.length - int(mask.sum(dim=1).max()) if len(index) else 0
+        # leading slots empty in every row (empty slots may also sit between a row's tokens)
+        slots = torch.arange(self.length, device=mask.device)
+        first = torch.where(mask.any(dim=0), slots, self.length).min() if self.length else 0
+        trim = int(first)
         return KVCache(
             [k.index_select(0, index)[:, :, trim:] for k in self.keys],
             [v.index_select(0, index)[:, :, trim:] for v in self.values],
@@ -68,4 +71,25 @@ class KVCache:
             [stack([c.keys[i] for c in caches], lengths) for i in layers],
             [stack([c.values[i] for c in caches], lengths) for i in layers],
             torch.cat([functional.pad(c.mask, (length - c.length, 0)) for c in caches]),
+        )
+
+    def compact(self) -> "KVCache":
+        """The same rows with their empty slots dropped (each row's tokens kept in order, rows
+        front-padded to the longest): after prompt lookup's rejected drafts."""
+        length = self.length
+        valid = self.mask != 0
+        keep = int(valid.sum(dim=1).max()) if self.rows else 0
+        if keep == length:
+            return self
+        # A stable sort puts each row's empty slots first and its tokens after, in order.
+        order = torch.sort(valid.long(), dim=1, stable=True).indices[:, length - keep :]
+        index = order[:, None, :, None]  # [rows, 1, keep, 1]
+
+        def gather(t):
+            return t.gather(2, index.expand(-1, t.shape[1], -1, t.shape[3]))
+
+        return KVCache(
+            [gather(k) for k in self.keys],
+            [gather(v) for v in self.values],
+            self.mask.gather(1, order),
         )

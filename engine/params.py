@@ -19,6 +19,7 @@ FLOAT_RANGES = {
     "temperature": (0.01, 100.0),
 }
 MAX_INT = 2**31 - 1  # the proto's int32 fields; no count or size may be larger
+MAX_DRAFT = 64  # prompt_lookup_num_tokens: a step scores 1 + drafts positions for every row
 
 # generation_config keys that do not change what is generated (or are handled elsewhere).
 _INERT = {"transformers_version", "_from_model_config", "bos_token_id", "use_cache", "max_length"}
@@ -46,6 +47,12 @@ class GenerationParams:
     top_p: float = 1.0
     seed: int | None = None
     """Seed of a request's own random generator (sampling); None draws one."""
+    prompt_lookup_num_tokens: int | None = None
+    """Greedy only: draft up to this many tokens per step from the request's own input (prompt
+    lookup), verified in the step's decoder run; the tokens are those of plain greedy."""
+    max_matching_ngram_size: int | None = None
+    """Prompt lookup: the longest suffix of the generated tokens searched in the input (None: 2,
+    transformers' default)."""
     eos_token_id: tuple[int, ...] = ()
     pad_token_id: int | None = None
     decoder_start_token_id: int | None = None
@@ -131,3 +138,17 @@ class GenerationParams:
             f"got {self.num_return_sequences}",
         )
         require(self.decoder_start_token_id is not None, "decoder_start_token_id is not set")
+        for name, high in (
+            ("prompt_lookup_num_tokens", MAX_DRAFT),
+            ("max_matching_ngram_size", 16),
+        ):
+            value = getattr(self, name)
+            require(
+                value is None or (isinstance(value, numbers.Integral) and 1 <= value <= high),
+                f"{name} must be between 1 and {high}, got {value!r}",
+            )
+        require(
+            self.prompt_lookup_num_tokens is None or (self.num_beams == 1 and not self.do_sample),
+            "prompt_lookup_num_tokens needs greedy search (num_beams 1, do_sample false): "
+            "a drafted token is kept only where it is the argmax",
+        )

@@ -70,8 +70,10 @@ class Request:
     diagnostics: bool = False  # the search records its decision margins (tests)
 
     def __post_init__(self):
-        search = BeamSearch if self.params.num_beams > 1 else TokenSearch
-        self.search = search(self.params, self.diagnostics)
+        if self.params.num_beams > 1:
+            self.search = BeamSearch(self.params, self.diagnostics)
+        else:
+            self.search = TokenSearch(self.params, self.diagnostics, source=self.input_ids)
 
     def mark(self, moment: str):
         self.times.setdefault(moment, time.perf_counter())

@@ -145,18 +145,27 @@ class Runtime:
         cross: list[torch.Tensor],
         request_rows: torch.Tensor,
         row_slots: torch.Tensor,
+        new_mask=None,
     ):
         """tokens [batch] (host) fed after `cache`, over the cross K/V of request slots
         (encoder_mask [slots, length], cross per layer key, value) with the rows each slot's
         request owns (request_rows [slots, width], row_slots [batch]; see export/graphs.py)
-        -> (logits [batch, vocab], present), on the device."""
-        rows = cache.rows
-        mask = torch.cat(
-            [cache.mask, torch.ones((rows, 1), dtype=torch.int64, device=self.device)], 1
+        -> (logits [batch, vocab], present), on the device. Several tokens per row: tokens
+        [batch, new] and new_mask [batch, new] (host; 0 for a row's padding after its own
+        tokens, which become empty cache slots) -> logits [batch, new, vocab]."""
+        ids = np.asarray(tokens, np.int64)
+        single = ids.ndim == 1
+        ids = ids[:, None] if single else ids
+        rows, new = ids.shape
+        added = (
+            torch.ones((rows, 1), dtype=torch.int64, device=self.device)
+            if new_mask is None
+            else self._tensor(np.asarray(new_mask, np.int64))
         )
+        mask = torch.cat([cache.mask, added], 1)  # [rows, past + new]
         binding = self.decoder.io_binding()
         inputs = {
-            "input_ids": self._tensor(np.asarray(tokens, np.int64)[:, None]),
+            "input_ids": self._tensor(ids),
             "attention_mask": mask,
             "encoder_attention_mask": encoder_mask,
             "request_rows": request_rows,
@@ -169,9 +178,9 @@ class Runtime:
             inputs[self.artifacts.tensor_name("cross_value", i)] = cross[2 * i + 1]
         for name, tensor in inputs.items():
             self._bind(binding, name, tensor)
-        logits = torch.empty((rows, 1, self.vocab), dtype=torch.float32, device=self.device)
+        logits = torch.empty((rows, new, self.vocab), dtype=torch.float32, device=self.device)
         self._bind(binding, "logits", logits, output=True)
-        shape = (rows, self.heads, cache.length + 1, self.head_dim)
+        shape = (rows, self.heads, cache.length + new, self.head_dim)
         keys = [
             torch.empty(shape, dtype=self.float_type, device=self.device)
             for _ in range(self.layers)
@@ -186,4 +195,4 @@ class Runtime:
                 binding, self.artifacts.tensor_name("present_value", i), values[i], output=True
             )
         self._run(self.decoder, binding)
-        return logits[:, 0], KVCache(keys, values, mask)
+        return (logits[:, 0] if single else logits), KVCache(keys, values, mask)

@@ -9,7 +9,7 @@ follow transformers' `_sample` (greedy when do_sample is False).
 import numpy as np
 import torch
 
-from ledserve.engine import processors
+from ledserve.engine import lookup, processors
 from ledserve.engine.params import GenerationParams
 
 
@@ -76,10 +76,23 @@ class Search:
 class TokenSearch(Search):
     """Greedy (argmax) or sampling, one independent sequence per row."""
 
-    def __init__(self, params: GenerationParams, diagnostics: bool = False):
+    def __init__(self, params: GenerationParams, diagnostics: bool = False,
+                 source: np.ndarray | None = None):  # fmt: skip
+        """`source`: the request's input ids, where prompt lookup finds its drafts."""
         rows = params.num_return_sequences if params.do_sample else 1
         super().__init__(params, rows, diagnostics)
         self.finished = np.zeros(rows, dtype=bool)
+        self.source = source
+        self.lookup = params.prompt_lookup_num_tokens if source is not None else None
+
+    def drafts(self) -> np.ndarray:
+        """Prompt lookup's tokens for this step (empty without it): as many as fit before
+        max_new_tokens with the model's own token after them."""
+        room = self.max_length - self.sequences.shape[1] - 1
+        if not self.lookup or self.done or room < 1:
+            return np.zeros(0, np.int64)
+        ngram = self.params.max_matching_ngram_size or 2
+        return lookup.draft(self.source, self.sequences[0], min(self.lookup, room), ngram)
 
     def step(self, logits: torch.Tensor) -> np.ndarray:
         """logits: [rows, vocab] on the device -> row reorder indices (identity). The engine
@@ -107,6 +120,13 @@ class TokenSearch(Search):
             for row, top in enumerate(torch.topk(scores, 2).values.cpu().numpy()):
                 if not self.finished[row]:
                     self._note_margin(top)
+
+    def advance_many(self, tokens: np.ndarray):
+        """Append several tokens to the one row (prompt lookup), up to its end."""
+        for token in tokens:
+            if self.done:
+                break
+            self.advance(np.array([token]))
 
     def advance(self, chosen: np.ndarray):
         """Append the chosen [rows] token ids (a finished row gets padding)."""
