@@ -11,7 +11,7 @@ cancelled requests. `generate` and `stream` drive the loop themselves when no lo
 import functools
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import replace
 
 import numpy as np
 import torch
@@ -19,6 +19,7 @@ import torch
 from ledserve.engine import beam
 from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.batch import DecodeBatch
+from ledserve.engine.config import EngineConfig
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.encoder import EncoderWorker
 from ledserve.engine.errors import InvalidRequest, WrongTask
@@ -31,58 +32,6 @@ from ledserve.engine.sampler import NON_FINITE, choose_tokens, settle_tokens
 from ledserve.engine.scheduler import Scheduler
 from ledserve.engine.search import TokenSearch
 from ledserve.manifest import EXTRACTIVE_QA, GENERATION, Manifest
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_rows: int = 64
-    """Decoder rows (sequences, beams included) in one step."""
-    max_queue: int = 256
-    """Requests waiting for admission; past it, submit raises CapacityExceeded."""
-    max_beams: int = 8
-    """Largest num_beams (and sampled num_return_sequences) a request may ask for."""
-    max_encoder_tokens: int = 65536
-    """Input tokens whose cross K/V the engine holds at once, counted padded as every decoder
-    run reads them: live requests x the longest live input (a longer input runs alone)."""
-    max_client_rows: int | None = None
-    """Decoder rows the requests of one client (Request.client) may hold at once, so that one
-    client cannot take every row while others wait; None: max_rows."""
-    max_global_tokens: int = 512
-    """Tokens one input may mark as global (each attends to, and is attended by, the whole
-    input: 4,096 of them made an input 10-50x slower and 3 GB larger); more is refused."""
-    shrink_after_tokens: int | None = 8192
-    """An encoder batch of at least this many padded tokens returns ONNX Runtime's arena memory
-    to the system after its run (a rare long input's activations would otherwise stay reserved
-    for the process's life); None: never."""
-    max_encoder_batch_tokens: int = 8192
-    """Padded input tokens in one encoder run (bounds the encoder's activation memory, ~0.1 MB
-    per token and layer for LED-base's attention scores); a longer single input runs alone."""
-    cpu_decode_share: float = 1.0
-    """On a CPU, while the encoder thread has work, the share of wall time the loop thread spends
-    in decode steps: after a step it pauses for the step's time x (1 / share - 1), or until a
-    submission or a finished encoding. Encoder and decoder compete for the same cores, and a
-    step of a few rows costs nearly what a step of many does, so a pause lets the encoder finish
-    sooner and the joining requests decode together. 1.0: never pause; ignored on CUDA."""
-    diagnostics: bool = False
-    """Each request's search records its smallest decision margin (`request.search.margin`), at
-    one more top-k and device->host copy per request and step: for tests, off when serving."""
-
-    def __post_init__(self):
-        for name in (
-            "max_rows", "max_queue", "max_beams", "max_encoder_tokens", "max_encoder_batch_tokens",
-            "max_global_tokens",
-        ):  # fmt: skip
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if not 0.05 <= self.cpu_decode_share <= 1.0:
-            raise ValueError(
-                f"cpu_decode_share must be between 0.05 and 1, got {self.cpu_decode_share}"
-            )
-        if self.max_client_rows is not None and not 1 <= self.max_client_rows <= self.max_rows:
-            raise ValueError(
-                f"max_client_rows must be between 1 and max_rows ({self.max_rows}), "
-                f"got {self.max_client_rows}"
-            )
 
 
 class Engine:
@@ -137,9 +86,13 @@ class Engine:
 
     # -- requests -------------------------------------------------------------------------
     def params(self, **overrides) -> GenerationParams:
-        return GenerationParams.build(
+        params = GenerationParams.build(
             self.defaults, self.max_new_tokens, self.config.max_beams, self.vocab_size, **overrides
         )
+        greedy = params.num_beams == 1 and not params.do_sample
+        if greedy and self.config.prompt_lookup and "prompt_lookup_num_tokens" not in overrides:
+            params = replace(params, prompt_lookup_num_tokens=self.config.prompt_lookup)
+        return params
 
     def submit(self, input_ids, global_attention_mask=None, events=None, client=None,
                **params) -> Request:  # fmt: skip

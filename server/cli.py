@@ -62,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser):
         default=defaults.cpu_decode_share,
         help="on a CPU, the share of time decode steps take while inputs are encoded (0.05-1)",
     )
+    parser.add_argument(
+        "--prompt-lookup",
+        type=int,
+        metavar="N",
+        help="greedy requests that do not set prompt_lookup_num_tokens draft N tokens per step "
+        "from their input (prompt lookup; the same answers; default: off)",
+    )
     parser.add_argument("--max-concurrent-rpcs", type=int, default=1024)
     parser.add_argument("--max-message-bytes", type=int, default=16 << 20)
     parser.add_argument("--metrics-port", type=int, help="expose Prometheus /metrics here")
@@ -119,6 +126,7 @@ def run(args: argparse.Namespace) -> int:
                 max_client_rows=client_rows,
                 max_global_tokens=args.max_global_tokens,
                 cpu_decode_share=args.cpu_decode_share,
+                prompt_lookup=args.prompt_lookup,
             ),
             metrics_port=args.metrics_port,
             grace_seconds=args.grace_seconds,

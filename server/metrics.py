@@ -79,6 +79,14 @@ class _EngineCollector:
             "ledserve_decoder_steps", "Engine steps that ran the decoder", value=engine.steps
         )
         yield CounterMetricFamily(
+            "ledserve_draft_tokens", "Prompt lookup: tokens drafted and verified",
+            value=engine.draft_tokens,
+        )  # fmt: skip
+        yield CounterMetricFamily(
+            "ledserve_accepted_draft_tokens", "Prompt lookup: drafted tokens greedy kept",
+            value=engine.accepted_draft_tokens,
+        )  # fmt: skip
+        yield CounterMetricFamily(
             "ledserve_decoder_rows",
             "Rows decoded, summed over steps (divided by steps: the mean batch size)",
             value=engine.decoder_rows,
