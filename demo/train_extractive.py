@@ -13,6 +13,7 @@ learning curve and, on held-out documents, exact match of the best span (with
 
 import argparse
 import json
+import math
 import random
 import sys
 import time
@@ -37,6 +38,7 @@ from ledserve.demo.synthetic import (
     make_unanswerable,
 )
 from ledserve.demo.tiny import SPECIAL_TOKENS
+from ledserve.demo.train import sinusoids
 from ledserve.export.extractive import QAGraph
 
 SHAPE = dict(
@@ -56,12 +58,15 @@ UNANSWERABLE = 0.2  # share of questions about somebody absent from the document
 @dataclass(frozen=True)
 class TrainConfig:
     output: Path
-    steps: int = 2500
+    steps: int = 5000
     minutes: float | None = None  # stop early past this wall time
     batch_tokens: int = 4096  # padded tokens per step
     lr: float = 1e-3
     warmup: int = 150
-    curriculum: tuple = ((0.3, (20, 100)), (0.3, (100, 600)), (0.2, (500, 1500)), (0.2, LENGTHS))
+    # short documents first and longest: a first run with 30 % of 3000 steps on 20-100-token
+    # documents answered 2 of 47 answerable dev questions after 25 minutes
+    curriculum: tuple = ((0.35, (20, 100)), (0.3, (100, 600)), (0.15, (500, 1500)),
+                         (0.2, LENGTHS))  # fmt: skip
     eval_every: int = 500
     dev_examples: int = 64
     held_out_examples: int = 200
@@ -175,6 +180,10 @@ def train(cfg: TrainConfig) -> dict:
     )  # fmt: skip
     torch.manual_seed(cfg.seed)
     model = LongformerForQuestionAnswering(config)
+    with torch.no_grad():  # sinusoids at the random init's scale, as demo/train.py's LED
+        table = model.longformer.embeddings.position_embeddings.weight
+        table.copy_(sinusoids(*table.shape) * 0.02 * math.sqrt(2))
+        table[config.pad_token_id] = 0
     graph = QAGraph(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
     dev = examples(DEV_SEED, cfg.dev_examples)
