@@ -16,7 +16,7 @@ from grpc_health.v1 import health_pb2
 from transformers import AutoTokenizer, LEDForConditionalGeneration
 
 from ledserve.cli import main as ledserve
-from ledserve.demo.model import DEMO_MODEL, demo_example
+from ledserve.demo.model import DEMO_EXTRACTIVE, DEMO_MODEL, demo_example
 from ledserve.demo.run import free_port
 from ledserve.demo.tiny import corpus
 from ledserve.demo.train import generate
@@ -142,14 +142,30 @@ def _transformers_answer(example) -> str:
     return tokenizer.decode(tokens[0], skip_special_tokens=True).strip()
 
 
+def _pipeline_span(example) -> str:
+    """transformers' question-answering pipeline with the shipped extractive weights."""
+    from transformers import LongformerForQuestionAnswering, pipeline
+
+    model = LongformerForQuestionAnswering.from_pretrained(DEMO_EXTRACTIVE).eval()
+    qa = pipeline("question-answering", model=model,
+                  tokenizer=AutoTokenizer.from_pretrained(DEMO_EXTRACTIVE))  # fmt: skip
+    return qa(question=example.question, context=example.context, max_seq_len=4096,
+              handle_impossible_answer=True)["answer"]  # fmt: skip
+
+
 def test_demo_streams_the_models_answer(tmp_path, capfd):
     assert ledserve(["demo", "--workdir", str(tmp_path)]) == 0
     out = capfd.readouterr()
     example = demo_example()
     answer = _transformers_answer(example)
-    assert "validation passed" in out.err and "decoder.onnx" in out.err
+    assert "validation passed" in out.err and "decoder.onnx" in out.err and "qa.onnx" in out.err
     assert f"[demo] question: {example.question}" in out.err
-    assert out.out.strip() == answer  # the streamed answer
+    streamed, extracted = out.out.strip().splitlines()
+    assert streamed.strip() == answer  # the streamed answer
+    span = _pipeline_span(example)  # the extractive model's answer, as the pipeline gives it
+    assert extracted == (span or "(no answer)")
+    verdict = "correct" if span == example.value else "wrong"
+    assert f"[demo] expected span: {example.value} ({verdict})" in out.err
     assert answer == example.answer  # the shipped model answers the demo's question right
     assert f"[demo] expected: {example.answer} (correct)" in out.err
     assert re.search(r"\[stop: \d+ tokens from \d+ input tokens", out.err)
