@@ -3,6 +3,7 @@ against transformers' question-answering pipeline (same weights, same windows), 
 shared batches; its refusals; the Extract RPC."""
 
 import random
+import re
 import threading
 
 import grpc
@@ -11,6 +12,7 @@ import pytest
 from test_fuzz import ALLOWED, INTS, TEXTS, _pick
 from transformers import AutoTokenizer, LongformerConfig, LongformerModel, pipeline
 
+from ledserve.cli import main as ledserve
 from ledserve.demo.tiny import build_random_longformer_qa, corpus
 from ledserve.engine.engine import Engine
 from ledserve.engine.errors import InvalidRequest, WrongTask
@@ -166,7 +168,7 @@ def test_tasks_are_told_apart(qa_model, exported, tmp_path):
         export_model(ExportConfig(model=str(plain), output=tmp_path / "out"))
 
 
-def test_extract_rpc(qa_model, served_model, extractor, rng):
+def test_extract_rpc(qa_model, served_model, extractor, rng, capsys):
     """A server with both models answers Extract as the engine does; one without an extractive
     model refuses it with FAILED_PRECONDITION, and one without a generative model Generate."""
     rng = random.Random(int(rng.integers(2**32)))
@@ -191,6 +193,16 @@ def test_extract_rpc(qa_model, served_model, extractor, rng):
             assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "top_k must be between 1 and 100" in bad.value.details()
             assert client.generate("what?", "a context.", max_new_tokens=2).text is not None
+        target = f"127.0.0.1:{server.port}"
+        capsys.readouterr()
+        command = ["ask", "--server", target, "--extractive", "--question", question,
+                   "--answers", "3", "--context", passages[0], "--context", passages[1]]  # fmt: skip
+        assert ledserve(command) == 0
+        out = capsys.readouterr()
+        want = extractor.extract_passages(question, passages, top_k=3)
+        assert out.out.splitlines() == [a.text or "(no answer)" for a in want.answers]
+        assert re.search(r"\[score [\d.]+, passage [01], characters \d+-\d+\]", out.err)
+        assert "no-answer score" in out.err
     finally:
         server.stop()
 
