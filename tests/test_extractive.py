@@ -195,8 +195,9 @@ def test_extract_rpc(qa_model, served_model, extractor, rng, capsys):
             assert client.generate("what?", "a context.", max_new_tokens=2).text is not None
         target = f"127.0.0.1:{server.port}"
         capsys.readouterr()
+        contexts = [x for passage in passages for x in ("--context", passage)]
         command = ["ask", "--server", target, "--extractive", "--question", question,
-                   "--answers", "3", "--context", passages[0], "--context", passages[1]]  # fmt: skip
+                   "--answers", "3", *contexts]  # fmt: skip
         assert ledserve(command) == 0
         out = capsys.readouterr()
         want = extractor.extract_passages(question, passages, top_k=3)
