@@ -157,15 +157,22 @@ def training_batches(tokenizer, seed: int, lengths, batch_tokens: int, pool: int
             ((len(encode(tokenizer, e)[0]), e) for e in (next(stream) for _ in range(pool))),
             key=lambda item: item[0],
         )
-        batches, current = [], []
-        for length, example in items:
-            if current and length * (len(current) + 1) > batch_tokens:
-                batches.append(current)
-                current = []
-            current.append(example)
-        batches.append(current)
+        batches = cut(items, batch_tokens)
         rng.shuffle(batches)
         yield from batches
+
+
+def cut(items: list[tuple[int, Example]], batch_tokens: int) -> list[list[Example]]:
+    """(length, example) in order of length -> consecutive batches of at most `batch_tokens`
+    padded tokens (an example longer than that alone)."""
+    batches, current = [], []
+    for length, example in items:
+        if current and length * (len(current) + 1) > batch_tokens:
+            batches.append(current)
+            current = []
+        current.append(example)
+    batches.append(current)
+    return batches
 
 
 def generate(model, tokenizer, batch: list[Example]) -> torch.Tensor:

@@ -38,7 +38,7 @@ from ledserve.demo.synthetic import (
     make_unanswerable,
 )
 from ledserve.demo.tiny import SPECIAL_TOKENS
-from ledserve.demo.train import sinusoids
+from ledserve.demo.train import cut, sinusoids
 from ledserve.export.extractive import QAGraph
 
 SHAPE = dict(
@@ -135,14 +135,9 @@ def batches(seed: int, lengths, batch_tokens: int, pool: int = 64):
     rng = random.Random(seed)
     while True:
         items = sorted((draw(rng, lengths) for _ in range(pool)), key=lambda e: len(e.context))
-        current, out = [], []
-        for e in items:
-            length = approximate_tokens(e.question) + approximate_tokens(e.context) + 4
-            if current and length * (len(current) + 1) > batch_tokens:
-                out.append(current)
-                current = []
-            current.append(e)
-        out.append(current)
+        sized = [(approximate_tokens(e.question) + approximate_tokens(e.context) + 4, e)
+                 for e in items]  # fmt: skip
+        out = cut(sized, batch_tokens)
         rng.shuffle(out)
         yield from out
 

@@ -71,10 +71,8 @@ def build_manifest(
     """The manifest of an export of the transformers `model`, an LED or a Longformer with a
     question-answering head (its `files` are filled when it is written)."""
     config = model.config
-    if config.model_type == "longformer":
-        return _extractive_manifest(source, dtype, opset, model, graphs, validation)
+    extractive = config.model_type == "longformer"
     return Manifest(
-        task=GENERATION,
         source=Source(
             model=source,
             revision=getattr(config, "_commit_hash", None),
@@ -83,6 +81,15 @@ def build_manifest(
         dtype=dtype,
         opset=opset,
         packages=package_versions(),
+        graphs=graphs,
+        validation=validation,
+        **(_extractive_fields(config) if extractive else _generation_fields(config, generation)),
+    )
+
+
+def _generation_fields(config, generation) -> dict:
+    return dict(
+        task=GENERATION,
         model=ModelShape(
             d_model=config.d_model,
             encoder_layers=config.encoder_layers,
@@ -105,7 +112,6 @@ def build_manifest(
         ),
         input_template=INPUT_TEMPLATE,
         generation_defaults=generation.to_diff_dict(),
-        graphs=graphs,
         tensor_names=TensorNames(
             past_key=PAST_KEY,
             past_value=PAST_VALUE,
@@ -114,24 +120,14 @@ def build_manifest(
             cross_key=CROSS_KEY,
             cross_value=CROSS_VALUE,
         ),
-        validation=validation,
     )
 
 
-def _extractive_manifest(source, dtype, opset, model, graphs, validation) -> Manifest:
-    config = model.config
+def _extractive_fields(config) -> dict:
     windows = config.attention_window
     windows = [windows] * config.num_hidden_layers if isinstance(windows, int) else windows
-    return Manifest(
+    return dict(
         task=EXTRACTIVE_QA,
-        source=Source(
-            model=source,
-            revision=getattr(config, "_commit_hash", None),
-            model_type=config.model_type,
-        ),
-        dtype=dtype,
-        opset=opset,
-        packages=package_versions(),
         model=ModelShape(
             d_model=config.hidden_size,
             encoder_layers=config.num_hidden_layers,
@@ -155,7 +151,5 @@ def _extractive_manifest(source, dtype, opset, model, graphs, validation) -> Man
         ),
         input_template=None,
         generation_defaults={},
-        graphs=graphs,
         tensor_names=None,
-        validation=validation,
     )
