@@ -25,10 +25,11 @@ from ledserve.engine.engine import Engine
 from ledserve.export.convert import ExportConfig, export_model
 
 HELD_OUT = examples(HELD_OUT_SEED, 100)
-# Measured on these 100 examples with the shipped model (training.json has the 200 of the
-# training report): see the README's "The demo model". The floors sit a few points under.
-EXACT_MATCH_FLOOR = 0.0
-NO_ANSWER_FLOOR = 0.0
+# Measured on these 100 examples with the shipped model: exact match 0.15, no-answer accuracy
+# 0.765 on the 17 unanswerable (training.json: 0.13 and 0.82 on 200). The model barely answers
+# (README, "The extractive demo model"); the floors catch a broken engine or export, not quality.
+EXACT_MATCH_FLOOR = 0.10
+NO_ANSWER_FLOOR = 0.6
 
 
 @pytest.fixture(scope="session")
