@@ -32,6 +32,7 @@ TYPICAL = {  # valid values, so that fuzzed calls also reach generation
     "length_penalty": (0.5, 2.0), "no_repeat_ngram_size": (0, 3),
     "repetition_penalty": (1.0, 1.5), "num_return_sequences": (1, 2), "temperature": (0.5, 1.5),
     "top_k": (0, 50), "top_p": (0.5, 1.0), "seed": (0, 2**32), "early_stopping": (0, 3),
+    "prompt_lookup_num_tokens": (1, 6), "max_matching_ngram_size": (1, 3),
 }  # fmt: skip
 
 
