@@ -59,14 +59,16 @@ def test_compact_and_select_keep_every_rows_tokens():
 
 def _copying_inputs(engine, rng, count):
     """Inputs that hold their own plain greedy answer (so that drafts get accepted): random ids,
-    then the answer of those ids, then more random ids; returns (inputs, plain answers)."""
+    the decoder start token and the answer of those ids, more random ids, the answer again."""
     vocab = engine.vocab_size
     rows = []
     for _ in range(count):
         head = rng.integers(5, vocab, int(rng.integers(5, 40))).tolist()
         answer = engine.generate([head], max_new_tokens=15, min_new_tokens=10)[0][1:]
         tail = rng.integers(5, vocab, int(rng.integers(0, 20))).tolist()
-        rows.append(head + answer + tail + answer)
+        # the decoder start token before an answer: the first step always finds a draft
+        start = engine.defaults["decoder_start_token_id"]
+        rows.append([*head, start, *answer, *tail, *answer])
     return rows
 
 
