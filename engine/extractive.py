@@ -1,13 +1,10 @@
-"""The extractive engine: answer spans from a Longformer question-answering graph, with the
-semantics of transformers' question-answering pipeline (engine/spans.py), and the windows of
-every request sharing graph runs.
-
-A question and a context are tokenized as a pair and cut into windows of `max_seq_len` tokens
-overlapping by `doc_stride` (the model's maximum by default, not the pipeline's 384). Global
-attention covers CLS and the question, as `LongformerForQuestionAnswering` sets it. Windows go to
-one runner thread that packs the waiting windows of all requests, one of each in turn, into
-batches of at most `max_batch_tokens` padded tokens: a long document never runs one window at a
-time, and a short request is not queued behind all of a long one's windows.
+"""The extractive engine: answer spans from a Longformer question-answering graph with the
+semantics of transformers' question-answering pipeline (engine/spans.py). Question and context are
+tokenized as a pair, cut into windows of `max_seq_len` tokens (the model's maximum by default)
+overlapping by `doc_stride`, global attention on CLS and the question. One runner thread packs
+the waiting windows of all requests, one of each in turn, into batches of at most
+`max_batch_tokens` padded tokens: a long document never runs one window at a time, and a short
+request does not wait behind all of a long one's windows.
 """
 
 import functools
@@ -115,18 +112,16 @@ class Pending:
 
     def __post_init__(self):
         if self.on_done is not None:
-            remaining = [len(self.jobs)]
-            lock = threading.Lock()
-
-            def one_done():
-                with lock:
-                    remaining[0] -= 1
-                    last = remaining[0] == 0
-                if last:
-                    self.on_done()
-
             for job in self.jobs:
-                job.on_done = one_done
+                job.on_done = self._one_done
+            self._remaining, self._lock = len(self.jobs), threading.Lock()
+
+    def _one_done(self):
+        with self._lock:
+            self._remaining -= 1
+            last = self._remaining == 0
+        if last:
+            self.on_done()
 
     def raise_error(self):
         for job in self.jobs:
@@ -244,9 +239,6 @@ class Extractor:
             context_answers(passage, job.windows, job.logits, top_k, longest)
             for passage, job in zip(request.passages, request.jobs, strict=True)
         ]
-
-    def start(self):
-        """Nothing to start: the runner thread starts with the first window (server symmetry)."""
 
     def stop(self):
         with self._lock:
