@@ -69,5 +69,5 @@ class DecodeBatch:
         rejected slots are empty now; once most slots are empty, they are dropped."""
         identity = np.array_equal(reorder, np.arange(present.rows))
         self.cache = present if identity else present.select(reorder)
-        if compact and 2 * int(self.cache.mask.sum(dim=1).max()) < self.cache.length:
-            self.cache = self.cache.compact()
+        if compact:
+            self.cache = self.cache.compact(mostly_empty=True)

@@ -73,13 +73,14 @@ class KVCache:
             torch.cat([functional.pad(c.mask, (length - c.length, 0)) for c in caches]),
         )
 
-    def compact(self) -> "KVCache":
+    def compact(self, mostly_empty: bool = False) -> "KVCache":
         """The same rows with their empty slots dropped (each row's tokens kept in order, rows
-        front-padded to the longest): after prompt lookup's rejected drafts."""
+        front-padded to the longest): after prompt lookup's rejected drafts. `mostly_empty`:
+        only once empty slots are most of the cache (else the cache as it is)."""
         length = self.length
         valid = self.mask != 0
         keep = int(valid.sum(dim=1).max()) if self.rows else 0
-        if keep == length:
+        if keep == length or (mostly_empty and 2 * keep >= length):
             return self
         # A stable sort puts each row's empty slots first and its tokens after, in order.
         order = torch.sort(valid.long(), dim=1, stable=True).indices[:, length - keep :]
