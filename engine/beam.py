@@ -2,13 +2,15 @@
 batch size 1): top-k continuations, running beams, the finished set, length penalty, the three
 early-stopping modes and their stopping heuristic, in float32 as transformers computes them.
 A step has two halves: `propose` on the device (the candidates), `settle` on the host (the
-beams); the engine proposes for every beam request of a step after one log_softmax
-(`propose_all`) and brings all candidates to the host in the step's one copy.
+beams); the engine proposes for every beam request of a step after one log_softmax and one
+batched pass of processors (`propose_all`) and brings all candidates to the host in the step's
+one copy. A stop string ends a hypothesis as EOS does.
 """
 
 import numpy as np
 import torch
 
+from ledserve.engine import processors
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.search import Search
 
@@ -16,14 +18,16 @@ MASK = np.float32(-1.0e9)
 
 
 class BeamSearch(Search):
-    def __init__(self, params: GenerationParams, diagnostics: bool = False):
-        super().__init__(params, params.num_beams, diagnostics)
+    def __init__(self, params: GenerationParams, diagnostics: bool = False,
+                 source: np.ndarray | None = None, stops=None):  # fmt: skip
+        super().__init__(params, params.num_beams, diagnostics, source, stops)
         beams = params.num_beams
         self.keep = max(2, 1 + len(params.eos_token_id)) * beams  # candidates per step
         self.running_scores = np.full(beams, MASK, np.float32)
         self.running_scores[0] = 0.0
         # The finished set: `beams` slots, best first; placeholders score -1e9.
         self.finished_sequences = [[params.decoder_start_token_id]] * beams
+        self.finished_token_scores = [None] * beams  # with output_scores: as self.scores rows
         self.finished_scores = np.full(beams, MASK, np.float32)
         self.is_finished = np.zeros(beams, dtype=bool)
         self.improvable = True  # transformers' is_early_stop_heuristic_unsatisfied
@@ -32,11 +36,12 @@ class BeamSearch(Search):
         return (scores / np.float32(generated**self.params.length_penalty)).astype(np.float32)
 
     def propose(self, log_probs: torch.Tensor) -> torch.Tensor:
-        """log_probs [beams, vocab] float32 on the device -> the `keep` best candidates as one
-        [2 * keep] float64 tensor on the device: their scores, then their flat indices
-        (beam * vocab + token); float64 holds both exactly, so they cross in one copy."""
+        """log_probs [beams, vocab] float32 on the device, processed (`process`, or the batched
+        `propose_all`) -> the `keep` best candidates as one [2 * keep] float64 tensor on the
+        device: their scores, then their flat indices (beam * vocab + token); float64 holds both
+        exactly, so they cross in one copy. With output_scores, then each candidate's token
+        scores [keep, 1 + 2 * top_n] (`search.token_scores`), flattened."""
         params = self.params
-        log_probs = self.process(log_probs)
         beam_scores = torch.as_tensor(self.running_scores, device=log_probs.device)
         accumulated = (log_probs + beam_scores[:, None]).reshape(-1)  # [beams * vocab]
         if params.do_sample:
@@ -47,7 +52,14 @@ class BeamSearch(Search):
             top_scores, top = torch.topk(accumulated, self.keep)  # as transformers, ties too
         if self.diagnostics:
             self._note_margin(torch.topk(accumulated, self.keep + 1).values.cpu().numpy())
-        return torch.cat([top_scores.double(), top.double()])
+        parts = [top_scores.double(), top.double()]
+        if self.wants_scores:
+            logprobs = log_probs.float().log_softmax(dim=-1)  # [beams, vocab]
+            parts.append(logprobs.reshape(-1)[top].double())  # [keep]
+            if self.top_n:
+                best = torch.topk(logprobs, self.top_n)  # [beams, top_n] each
+                parts += [best.values.double().reshape(-1), best.indices.double().reshape(-1)]
+        return torch.cat(parts)
 
     def settle(self, proposal: np.ndarray, vocab: int) -> np.ndarray:
         """proposal: `propose`'s candidates on the host -> index of the beam each new one
@@ -55,10 +67,16 @@ class BeamSearch(Search):
         params, beams = self.params, self.params.num_beams
         cur_len = self.sequences.shape[1]
         top_scores = proposal[: self.keep].astype(np.float32)
-        top = proposal[self.keep :].astype(np.int64)
+        top = proposal[self.keep : 2 * self.keep].astype(np.int64)
         top_beams, top_tokens = top // vocab, top % vocab
         candidates = np.concatenate([self.sequences[top_beams], top_tokens[:, None]], axis=1)
         hits = np.isin(top_tokens, self.eos) | (cur_len + 1 >= self.max_length)
+        if self.stops is not None:  # a stop string ends a hypothesis as EOS does
+            hits |= np.array(
+                [not h and self.stops.hit(c) for h, c in zip(hits, candidates, strict=True)], bool
+            )
+        if self.scores is not None:  # [keep, generated + 1, 1 + 2 * top_n]
+            candidate_scores = self._candidate_scores(proposal[2 * self.keep :], top_beams)
 
         # Running beams: the best candidates that did not stop.
         open_scores = top_scores + hits.astype(np.float32) * MASK
@@ -66,6 +84,8 @@ class BeamSearch(Search):
         self.running_scores = open_scores[running]
         reorder = top_beams[running]
         self.sequences = candidates[running]
+        if self.scores is not None:
+            self.scores = candidate_scores[running]
 
         # Finished set: merge the candidates among the first `beams` that stopped.
         just_finished = hits & (np.arange(self.keep) < beams)
@@ -83,6 +103,9 @@ class BeamSearch(Search):
             self._note_margin(np.sort(merged_scores)[::-1][: beams + 1])
         self.finished_scores = merged_scores[best]
         self.finished_sequences = [merged_sequences[i] for i in best]
+        if self.scores is not None:
+            merged = self.finished_token_scores + list(candidate_scores)
+            self.finished_token_scores = [merged[i] for i in best]
         self.is_finished = merged_finished[best]
 
         # Stopping heuristic, on the new length.
@@ -102,11 +125,30 @@ class BeamSearch(Search):
             self.margin = 0.0
         return reorder
 
+    def _candidate_scores(self, part: np.ndarray, top_beams: np.ndarray) -> np.ndarray:
+        """`propose`'s token scores part -> each candidate's scores so far [keep, generated + 1,
+        1 + 2 * top_n]."""
+        keep, n, beams = self.keep, self.top_n, self.params.num_beams
+        values = part[keep : keep + beams * n].reshape(beams, n)[top_beams]
+        ids = part[keep + beams * n :].reshape(beams, n)[top_beams]
+        new = np.concatenate([part[:keep, None], values, ids], axis=1)[:, None]
+        return np.concatenate([self.scores[top_beams], new], axis=1)
+
     def results(self) -> list[list[int]]:
         """The best num_return_sequences finished hypotheses, start token first."""
         return [
             list(map(int, s)) for s in self.finished_sequences[: self.params.num_return_sequences]
         ]
+
+    def result_scores(self) -> list[np.ndarray] | None:
+        """With output_scores, each result's token scores [generated, 1 + 2 * top_n]."""
+        if self.scores is None:
+            return None
+        return self.finished_token_scores[: self.params.num_return_sequences]
+
+    def sequence_scores(self) -> list[float]:
+        """Each result's beam score (transformers' sequences_scores)."""
+        return [float(s) for s in self.finished_scores[: self.params.num_return_sequences]]
 
 
 def _topk(scores: np.ndarray, k: int) -> np.ndarray:
@@ -117,14 +159,22 @@ def _topk(scores: np.ndarray, k: int) -> np.ndarray:
 def propose_all(logits: torch.Tensor, beams: list) -> list:
     """logits [rows, vocab]; beams: (request, its rows) of the step's beam requests -> for each,
     its `propose` tensor, or the exception it raised (that request only fails). One log_softmax
-    covers every beam row."""
+    and one batched pass of processors cover every beam row."""
     index = np.concatenate([np.arange(rows.start, rows.stop) for _, rows in beams])
     log_probs = logits[torch.from_numpy(index).to(logits.device)].float().log_softmax(dim=-1)
+    processing, failed, at = processors.Processing(), {}, 0
+    for r, _ in beams:
+        try:
+            processing.add(at, r.search.chain, r.search.sequences)
+        except Exception as e:
+            failed[r.id] = e
+        at += r.rows
+    processing.apply(log_probs)
     proposals, at = [], 0
     for r, _ in beams:
         own, at = log_probs[at : at + r.rows], at + r.rows
         try:
-            proposals.append(r.search.propose(own))
+            proposals.append(failed.get(r.id) or r.search.propose(own))
         except Exception as e:
             proposals.append(e)
     return proposals

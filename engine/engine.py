@@ -28,9 +28,10 @@ from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
 from ledserve.engine.runtime import Runtime, resolve_device
-from ledserve.engine.sampler import NON_FINITE, choose_tokens, settle_tokens
+from ledserve.engine.sampler import NON_FINITE, Transfer, choose_tokens, settle_tokens
 from ledserve.engine.scheduler import Scheduler
 from ledserve.engine.search import TokenSearch
+from ledserve.engine.stops import StopStrings, StopText
 from ledserve.manifest import EXTRACTIVE_QA, GENERATION, Manifest
 
 
@@ -89,7 +90,7 @@ class Engine:
         params = GenerationParams.build(
             self.defaults, self.max_new_tokens, self.config.max_beams, self.vocab_size, **overrides
         )
-        greedy = params.num_beams == 1 and not params.do_sample
+        greedy = params.num_beams == 1 and not params.do_sample and not params.scored
         if greedy and self.config.prompt_lookup and "prompt_lookup_num_tokens" not in overrides:
             params = replace(params, prompt_lookup_num_tokens=self.config.prompt_lookup)
         return params
@@ -125,7 +126,9 @@ class Engine:
                 f"global_attention_mask marks {glob.sum()} tokens as global; the limit is "
                 f"{self.config.max_global_tokens} (max_global_tokens)"
             )
-        request = Request(ids, glob, self.params(**params), diagnostics=self.config.diagnostics)
+        params = self.params(**params)
+        stops = StopStrings(params.stop, self.tokenizer) if params.stop else None
+        request = Request(ids, glob, params, diagnostics=self.config.diagnostics, stops=stops)
         request.client = client
         if events is not None:
             request.events = events
@@ -218,25 +221,27 @@ class Engine:
         # [rows] bool, before any processor's -inf: a row holding an inf or a NaN sums to one
         # (in float32, so fp16 logits cannot overflow the sum); 40x cheaper than isfinite().all()
         finite = torch.isfinite(logits.sum(dim=-1, dtype=torch.float32))
-        tokens, errors = choose_tokens(logits, picks + verified)
+        transfer = Transfer()  # the step's one device->host copy
+        at_finite = transfer.add(finite)
+        tokens, errors, scored = choose_tokens(logits, picks + verified, transfer)
+        at_tokens = transfer.add(tokens)
         proposals = beam.propose_all(logits, beams) if beams else []
-        candidates = [p for p in proposals if isinstance(p, torch.Tensor)]
-        parts = [tokens.double(), *candidates, finite.double()]
-        host = torch.cat(parts).cpu().numpy()  # the step's one device->host copy
-        host, finite = host[: -len(finite)], host[-len(finite) :].astype(bool)
-        plain, own = step.settle(picks, host[: len(tokens)].astype(np.int64), finite, errors,
+        at_proposals = [transfer.add(p) if isinstance(p, torch.Tensor) else p for p in proposals]
+        host = transfer.fetch()
+        finite = host[at_finite].astype(bool)
+        plain, own = step.settle(picks, host[at_tokens].astype(np.int64), finite, errors,
                                  NON_FINITE)  # fmt: skip
-        settle_tokens(plain, own, finite, errors)
+        settle_tokens(plain, own, finite, errors, {k: host[i] for k, i in scored.items()})
         step.keep(present)
         self.draft_tokens += step.drafted
         self.accepted_draft_tokens += sum(step.accepted.values())
-        at, vocab = len(tokens), logits.shape[-1]
+        vocab = logits.shape[-1]
         reorder = np.arange(present.rows)  # each row's source row in present
-        for (r, rows), proposal in zip(beams, proposals, strict=True):
+        for (r, rows), proposal in zip(beams, at_proposals, strict=True):
             if isinstance(proposal, Exception):  # this request only; the others go on
                 r.fail(proposal)
                 continue
-            own, at = host[at : at + len(proposal)], at + len(proposal)
+            own = host[proposal]
             if not finite[rows].all():
                 r.fail(NON_FINITE)
                 continue
@@ -331,17 +336,21 @@ class Engine:
     def answer(self, question: str, context: str | list[str], **params) -> str:
         """The answer text (first returned sequence) to a question about the context."""
         prompt = self.prompts.build(question, context)
-        tokens = self.generate([prompt.input_ids], [prompt.global_attention_mask], **params)[0]
-        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+        request = self.submit(prompt.input_ids, prompt.global_attention_mask, **params)
+        final = self.run_until_done([request])[0]
+        if final.error:
+            raise InvalidRequest(f"request {final.request_id} ended: {final.error}")
+        text = self.tokenizer.decode(final.results[0], skip_special_tokens=True)
+        return request.stops.cut(text) if request.stops else text
 
     def stream_answer(self, question: str, context: str | list[str], **params):
-        """Yield text deltas of the answer as its tokens are decided."""
-        detokenizer = Detokenizer(self.tokenizer)
+        """Yield text deltas of the answer as its tokens are decided (none past a stop)."""
+        detokenizer, held = Detokenizer(self.tokenizer), StopText(self.params(**params).stop)
         prompt = self.prompts.build(question, context)
         for tokens in self.stream(prompt.input_ids, prompt.global_attention_mask, **params):
-            if delta := detokenizer.add(tokens):
+            if delta := held.add(detokenizer.add(tokens)):
                 yield delta
-        if rest := detokenizer.flush():
+        if rest := held.add(detokenizer.flush()) + held.flush():
             yield rest
 
     def stream(self, input_ids, global_attention_mask=None, **params):

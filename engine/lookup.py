@@ -42,8 +42,10 @@ class _Position:
     """A verified position as `sampler.choose_tokens` sees a request: one row whose tokens are the
     request's, then the drafts before this position."""
 
+    wants_scores = False  # prompt lookup is refused with output_scores
+
     def __init__(self, search, sequence: np.ndarray):
-        self.params, self.masking, self.sequences = search.params, search.masking, sequence
+        self.params, self.chain, self.sequences = search.params, search.chain, sequence
 
     def note_margins(self, scores):
         pass

@@ -1,71 +1,26 @@
-"""Logits processors with transformers' semantics and order, on the engine's device.
+"""Logits processors with transformers' semantics and order, batched over a step's rows.
 
-Each processor is a callable `(ids, scores) -> scores`: ids [rows, length] int64 are the decoder
-tokens so far (the start token included, as transformers sees them), scores [rows, vocab] float32,
-both torch tensors on the device where the logits are, so vocabulary-sized work never leaves it.
-`build` returns only the processors a request's parameters need, in transformers' order.
+A request's chain (`build`) holds the processors its parameters need, in transformers' order. A
+`Processing` gathers the chains of many requests, each at its rows of one [rows, vocab] float32
+score tensor on the device, and applies them kind by kind in that same fixed order: one pass per
+kind over the rows that need it, each row with its own request's values, so every row gets, to
+the bit, what transformers computes for it alone. Vocabulary-sized work never leaves the device.
 
-The masking processors (n-gram bans, minimum lengths, forced tokens) depend on the host's token
-ids only; they also `mark` their bans and forced tokens into a `Masks`, which the engine fills from
-every request of a step and writes into the whole batch's scores at once (engine/sampler.py).
+Two kinds of processor: transforms (engine/warpers.py: penalties, temperature, top-k, ...) and
+masking ones here, which read only the host's token ids and `mark` bans and forced tokens into a
+`Masks` written into the scores in one indexed write. Each processor is also a callable
+`(ids, scores) -> scores` on its own (ids [rows, length] int64, the start token included).
 """
+
+from collections import defaultdict
 
 import numpy as np
 import torch
 
+from ledserve.engine import warpers
 from ledserve.engine.params import GenerationParams
 
 NEG_INF = float("-inf")
-
-
-# -- score transforms, each row with its own parameter -------------------------------------
-# A parameter is a float (one request's rows) or a [rows, 1] / [rows] tensor holding each row's
-# value as float32 (many requests' rows in one pass); every row gets, to the bit, what
-# transformers computes for it with the float.
-
-
-def divide(scores: torch.Tensor, by) -> torch.Tensor:
-    """scores / by, computed as torch computes a division by a Python float: CUDA multiplies by
-    the float32 reciprocal of a scalar, the CPU divides."""
-    if isinstance(by, torch.Tensor) and scores.is_cuda:
-        return scores * by.reciprocal()
-    return scores / by
-
-
-def penalize(scores: torch.Tensor, ids: torch.Tensor, penalty) -> torch.Tensor:
-    """transformers' repetition penalty. ids [rows, length] int64: each row's tokens so far (a
-    row shorter than the others is padded by repeating one of its own tokens)."""
-    picked = torch.gather(scores, 1, ids)
-    picked = torch.where(picked < 0, picked * penalty, divide(picked, penalty))
-    return scores.scatter(1, ids, picked)
-
-
-def top_k(scores: torch.Tensor, k) -> torch.Tensor:
-    """Keep each row's k best (ties with the k-th included); k an int, or [rows] int64."""
-    if isinstance(k, int):
-        kth = torch.topk(scores, min(k, scores.shape[-1]))[0][..., -1, None]
-    else:
-        k = k.clamp(max=scores.shape[-1])
-        kth = torch.topk(scores, int(k.max()))[0].gather(1, k[:, None] - 1)
-    return scores.masked_fill(scores < kth, NEG_INF)
-
-
-def top_p(scores: torch.Tensor, top_p, keep: int) -> torch.Tensor:
-    """Keep each row's smallest set of best tokens whose probability reaches top_p (at least
-    `keep`). A tensor top_p holds each row's `1 - top_p` as float32 (see `Warps`)."""
-    ordered, order = torch.sort(scores, descending=False)
-    cumulative = ordered.softmax(dim=-1).cumsum(dim=-1)
-    remove = cumulative <= (top_p if isinstance(top_p, torch.Tensor) else 1 - top_p)
-    remove[..., -keep:] = False
-    return scores.masked_fill(remove.scatter(1, order, remove), NEG_INF)
-
-
-class RepetitionPenalty:
-    def __init__(self, penalty: float):
-        self.penalty = penalty
-
-    def __call__(self, ids, scores):
-        return penalize(scores, ids, self.penalty)
 
 
 class Masks:
@@ -78,7 +33,8 @@ class Masks:
         self.tokens: list[int] = []
         self.forced: dict[int, list[int]] = {}  # row -> its only allowed tokens
 
-    def ban(self, row: int, tokens: list[int]):
+    def ban(self, row: int, tokens):
+        tokens = list(tokens)
         self.rows += [row] * len(tokens)
         self.tokens += tokens
 
@@ -100,7 +56,10 @@ class Masks:
 
 
 class Masking:
-    """A processor that only bans or forces tokens, from the host's token ids."""
+    """A processor that only bans or forces tokens, from the host's token ids. `late` ones come
+    after the exponential decay length penalty in transformers' order (the token suppressions)."""
+
+    late = False
 
     def mark(self, sequences: np.ndarray, masks: Masks, first_row: int = 0):
         """Record the bans / forced tokens of rows `first_row ...` (sequences [rows, length])."""
@@ -112,6 +71,14 @@ class Masking:
         return masks.apply(scores.clone())
 
 
+def _ngrams(tokens: list[int], n: int) -> dict[tuple, list[int]]:
+    """Each (n - 1)-token prefix of `tokens` -> the tokens that followed it."""
+    found = defaultdict(list)
+    for i in range(len(tokens) - n + 1):
+        found[tuple(tokens[i : i + n - 1])].append(tokens[i + n - 1])
+    return found
+
+
 class NoRepeatNGram(Masking):
     def __init__(self, size: int):
         self.size = size
@@ -121,13 +88,41 @@ class NoRepeatNGram(Masking):
         if length + 1 < n:
             return
         for row, tokens in enumerate(sequences.tolist(), first_row):
-            prefix = tuple(tokens[length + 1 - n :])
-            banned = [
-                tokens[i + n - 1]
-                for i in range(length - n + 1)
-                if tuple(tokens[i : i + n - 1]) == prefix
-            ]
-            masks.ban(row, banned)
+            masks.ban(row, _ngrams(tokens, n).get(tuple(tokens[length + 1 - n :]), ()))
+
+
+class EncoderNoRepeatNGram(Masking):
+    """No n-gram of the input (`source`, the request's input ids) may be generated."""
+
+    def __init__(self, size: int, source: np.ndarray):
+        self.size, self.banned = size, _ngrams(np.asarray(source).tolist(), size)
+
+    def mark(self, sequences, masks, first_row=0):
+        n, length = self.size, sequences.shape[1]
+        if length + 1 < n:
+            return
+        for row, tokens in enumerate(sequences.tolist(), first_row):
+            masks.ban(row, self.banned.get(tuple(tokens[length + 1 - n :]), ()))
+
+
+class BadWords(Masking):
+    """transformers' NoBadWords: a sequence's last token is banned where the tokens before it
+    end the row (one-token sequences always, a lone EOS never)."""
+
+    def __init__(self, words, eos: tuple[int, ...]):
+        words = {tuple(w) for w in words if not (len(w) == 1 and w[0] in eos)}
+        self.always = sorted(w[0] for w in words if len(w) == 1)
+        self.after: dict[int, dict[tuple, list[int]]] = defaultdict(lambda: defaultdict(list))
+        for w in words - {(t,) for t in self.always}:
+            self.after[len(w) - 1][w[:-1]].append(w[-1])  # prefix length -> prefix -> tokens
+
+    def mark(self, sequences, masks, first_row=0):
+        length = sequences.shape[1]
+        for row, tokens in enumerate(sequences.tolist(), first_row):
+            masks.ban(row, self.always)
+            for n, prefixes in self.after.items():
+                if n < length:  # transformers skips sequences longer than the row
+                    masks.ban(row, prefixes.get(tuple(tokens[length - n :]), ()))
 
 
 class SuppressEosBelow(Masking):
@@ -154,135 +149,109 @@ class ForceToken(Masking):
                 masks.force(row, self.tokens)
 
 
-class Temperature:
-    def __init__(self, temperature: float):
-        self.temperature = temperature
+class Suppress(Masking):
+    """suppress_tokens (every step, `at` None) and begin_suppress_tokens (at decoder length
+    `at`)."""
 
-    def __call__(self, ids, scores):
-        return divide(scores, self.temperature)
+    late = True
 
+    def __init__(self, tokens, at: int | None = None):
+        self.tokens, self.at = sorted(set(tokens)), at
 
-class TopK:
-    def __init__(self, k: int, min_tokens_to_keep: int = 1):
-        self.k = max(k, min_tokens_to_keep)
-
-    def __call__(self, ids, scores):
-        return top_k(scores, self.k)
-
-
-class TopP:
-    def __init__(self, top_p: float, min_tokens_to_keep: int = 1):
-        self.top_p, self.keep = top_p, min_tokens_to_keep
-
-    def __call__(self, ids, scores):
-        return top_p(scores, self.top_p, self.keep)
+    def mark(self, sequences, masks, first_row=0):
+        if self.at is None or sequences.shape[1] == self.at:
+            for row in range(first_row, first_row + sequences.shape[0]):
+                masks.ban(row, self.tokens)
 
 
-# -- the transforms of many requests at once (engine/sampler.py) ---------------------------
+EARLY, LATE = "masks", "late masks"
+# transformers' order of the kinds (its _get_logits_processor), masks where theirs come
+ORDER = (
+    warpers.EncoderRepetitionPenalty, warpers.RepetitionPenalty, EARLY,
+    warpers.ExponentialDecay, LATE, warpers.Temperature, warpers.TopK, warpers.TopP,
+    warpers.MinP, warpers.Typical, warpers.EpsilonCutoff, warpers.EtaCutoff, warpers.Renormalize,
+)  # fmt: skip
 
 
-class Penalties:
-    """The repetition penalty of many requests' rows, applied in one gather and one scatter."""
-
-    def __init__(self):
-        self.rows: list[int] = []
-        self.sequences: list[list[int]] = []  # each row's tokens so far
-        self.penalties: list[float] = []
-
-    def add(self, first_row: int, sequences: np.ndarray, penalty: float):
-        """Rows first_row ... of one request: sequences [rows, length], the tokens so far."""
-        for row, tokens in enumerate(sequences.tolist(), first_row):
-            self.rows.append(row)
-            self.sequences.append(tokens)
-            self.penalties.append(penalty)
-
-    def apply(self, scores: torch.Tensor):
-        """Penalize the added rows of `scores` [rows, vocab] in place."""
-        if not self.rows:
-            return
-        width = max(map(len, self.sequences))
-        ids = np.array([s + s[:1] * (width - len(s)) for s in self.sequences])  # [n, width]
-        device = scores.device
-        rows = torch.tensor(self.rows, device=device)
-        penalty = torch.tensor(self.penalties, dtype=scores.dtype, device=device)[:, None]
-        scores[rows] = penalize(scores[rows], torch.as_tensor(ids, device=device), penalty)
-
-
-class Warps:
-    """Temperature, top-k and top-p of many sampling requests' rows, each row with its request's
-    values, in one pass per kind over the rows that need it (transformers' order)."""
-
-    def __init__(self):
-        self.rows: list[int] = []
-        self.temperature: list[float] = []
-        self.top_k: list[int] = []  # 0: none
-        self.top_p: list[float] = []
-
-    def add(self, rows: range, params: GenerationParams):
-        for row in rows:
-            self.rows.append(row)
-            self.temperature.append(params.temperature)
-            self.top_k.append(params.top_k)
-            self.top_p.append(params.top_p)
-
-    def apply(self, scores: torch.Tensor) -> torch.Tensor:
-        """scores [rows, vocab] -> the added rows' warped scores [added rows, vocab], in order."""
-        device = scores.device
-        warped = scores[torch.tensor(self.rows, device=device)]
-        if any(t != 1.0 for t in self.temperature):  # x / 1 is x: rows without one pass as is
-            t = torch.tensor(self.temperature, dtype=scores.dtype, device=device)
-            warped = divide(warped, t[:, None])
-        some = [i for i, k in enumerate(self.top_k) if k]
-        if some:
-            k = torch.tensor([self.top_k[i] for i in some], device=device)
-            warped[some] = top_k(warped[some], k)
-        some = [i for i, p in enumerate(self.top_p) if p < 1.0]
-        if some:  # 1 - top_p in double, then float32: what transformers' comparison uses
-            threshold = np.array([1 - self.top_p[i] for i in some], dtype=np.float32)
-            warped[some] = top_p(warped[some], torch.tensor(threshold, device=device)[:, None], 1)
-        return warped
-
-
-def build(params: GenerationParams, prompt_length: int = 1) -> list:
-    """The logits processors transformers' generate would apply, in its order."""
-    max_length = prompt_length + params.max_new_tokens
+def build(params: GenerationParams, source: np.ndarray | None = None) -> list:
+    """The logits processors transformers' generate would apply, in its order. `source`: the
+    request's input ids (for the encoder n-gram ban and the encoder repetition penalty)."""
+    max_length, eos = params.max_length, params.eos_token_id
     chain = []
+    if params.encoder_repetition_penalty != 1.0 and source is not None:
+        chain.append(warpers.EncoderRepetitionPenalty(params.encoder_repetition_penalty, source))
     if params.repetition_penalty != 1.0:
-        chain.append(RepetitionPenalty(params.repetition_penalty))
+        chain.append(warpers.RepetitionPenalty(params.repetition_penalty))
     if params.no_repeat_ngram_size > 0:
         chain.append(NoRepeatNGram(params.no_repeat_ngram_size))
-    if params.eos_token_id and params.min_length > 0:
-        chain.append(SuppressEosBelow(params.min_length, 0, params.eos_token_id))
-    if params.eos_token_id and params.min_new_tokens > 0:
-        chain.append(SuppressEosBelow(params.min_new_tokens, prompt_length, params.eos_token_id))
+    if params.encoder_no_repeat_ngram_size > 0 and source is not None:
+        chain.append(EncoderNoRepeatNGram(params.encoder_no_repeat_ngram_size, source))
+    if params.bad_words_ids:
+        chain.append(BadWords(params.bad_words_ids, eos))
+    if eos and params.min_length > 0:
+        chain.append(SuppressEosBelow(params.min_length, 0, eos))
+    if eos and params.min_new_tokens > 0:
+        chain.append(SuppressEosBelow(params.min_new_tokens, 1, eos))
     if params.forced_bos_token_id is not None:
         chain.append(ForceToken([params.forced_bos_token_id], at=1))
     if params.forced_eos_token_id is not None:
-        eos = params.forced_eos_token_id
-        chain.append(ForceToken([eos] if isinstance(eos, int) else eos, at=max_length - 1))
+        forced = params.forced_eos_token_id
+        chain.append(ForceToken([forced] if isinstance(forced, int) else forced, max_length - 1))
+    if params.exponential_decay_length_penalty is not None and eos:
+        start, factor = params.exponential_decay_length_penalty
+        chain.append(warpers.ExponentialDecay(start + 1, factor, eos))  # + the start token
+    if params.suppress_tokens:
+        chain.append(Suppress(params.suppress_tokens))
+    if params.begin_suppress_tokens:
+        at = 1 if params.forced_bos_token_id is None else 2
+        chain.append(Suppress(params.begin_suppress_tokens, at))
     if params.do_sample:
-        keep = max(2, 1 + len(params.eos_token_id)) if params.num_beams > 1 else 1
-        if params.temperature != 1.0:
-            chain.append(Temperature(params.temperature))
-        if params.top_k:
-            chain.append(TopK(params.top_k, keep))
-        if params.top_p < 1.0:
-            chain.append(TopP(params.top_p, keep))
+        chain += warpers.sampling(params)
+    if params.renormalize_logits:
+        chain.append(warpers.Renormalize())
     return chain
 
 
-def split(chain: list) -> tuple[list, list, list]:
-    """(transforms before the masking processors, the masking ones, transforms after them): the
-    shape `build` gives every chain (repetition penalty first, temperature / top-k / top-p last)."""
-    kinds = [isinstance(p, Masking) for p in chain]
-    first = kinds.index(True) if True in kinds else len(chain)
-    last = len(kinds) - kinds[::-1].index(True) if True in kinds else first
-    if not all(kinds[first:last]):
-        raise ValueError("a chain's masking processors must be consecutive")
-    return chain[:first], chain[first:last], chain[last:]
+class Processing:
+    """The chains of many requests' rows, applied to one score tensor kind by kind."""
+
+    def __init__(self):
+        self.members: dict[type, list] = defaultdict(list)  # kind -> [(row, processor, tokens)]
+        self.masks = {EARLY: Masks(), LATE: Masks()}
+
+    def add(self, first_row: int, chain: list, sequences: np.ndarray):
+        """A request's chain for its rows first_row ... (sequences [rows, length], the tokens
+        so far of each); raises what a processor raises, adding nothing then."""
+        members, masks = defaultdict(list), {EARLY: Masks(), LATE: Masks()}
+        for processor in chain:
+            if isinstance(processor, Masking):
+                processor.mark(sequences, masks[LATE if processor.late else EARLY], first_row)
+            else:
+                rows = enumerate(sequences, first_row)
+                members[type(processor)] += [(row, processor, tokens) for row, tokens in rows]
+        for kind, added in members.items():
+            self.members[kind] += added
+        for name, own in masks.items():
+            _merge(self.masks[name], own)
+
+    def apply(self, scores: torch.Tensor) -> torch.Tensor:
+        """Process the added rows of `scores` [rows, vocab] in place; returns it."""
+        for kind in ORDER:
+            if kind in self.masks:
+                self.masks[kind].apply(scores)
+            elif self.members.get(kind):
+                kind.batch(scores, self.members[kind])
+        return scores
+
+
+def _merge(into: Masks, other: Masks):
+    into.rows += other.rows
+    into.tokens += other.tokens
+    into.forced.update(other.forced)
 
 
 def apply(chain: list, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    for processor in chain:
-        scores = processor(ids, scores)
-    return scores
+    """One request's chain on its own (ids [rows, length]), through the batched path."""
+    processing = Processing()
+    processing.add(0, chain, ids.cpu().numpy())
+    return processing.apply(scores.clone())

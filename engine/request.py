@@ -14,6 +14,7 @@ from ledserve.engine.errors import Failure, failure_of
 from ledserve.engine.kv_cache import KVCache
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.search import Search, TokenSearch
+from ledserve.engine.stops import StopStrings
 
 _ids = itertools.count()
 
@@ -34,6 +35,30 @@ class FinishReason(enum.StrEnum):
     """The sequence ended with EOS."""
     LENGTH = "length"
     """max_new_tokens (or the model's decoder length) was reached."""
+    STOP_SEQUENCE = "stop_sequence"
+    """The decoded text contains a stop string (the text ends before it)."""
+
+
+@dataclass(frozen=True)
+class TokenScore:
+    """A generated token's log-probability under the processed distribution, and the top_n most
+    probable tokens there: (token id, log-probability), best first."""
+
+    logprob: float
+    top: list[tuple[int, float]]
+
+
+def token_scores(rows: np.ndarray) -> list[TokenScore]:
+    """Search scores [tokens, 1 + 2 * top_n] -> TokenScores (tokens that cannot come left out of
+    `top`)."""
+    n = (rows.shape[1] - 1) // 2
+    return [
+        TokenScore(float(row[0]), [
+            (int(i), float(v)) for v, i in zip(row[1 : 1 + n], row[1 + n :], strict=True)
+            if v > float("-inf")
+        ])
+        for row in rows
+    ]  # fmt: skip
 
 
 @dataclass
@@ -48,6 +73,9 @@ class Event:
     failure: Failure | None = None  # the kind of that ending, set with `error`
     finish_reasons: list[FinishReason] | None = None  # per result
     timings: dict[str, float] | None = None  # on the final event: see Request.timings
+    scores: list[TokenScore] | None = None  # with output_scores: of `tokens`
+    result_scores: list[list[TokenScore]] | None = None  # on the final event: per result
+    sequence_scores: list[float] | None = None  # on the final event of beam search: per result
 
 
 @dataclass(eq=False)  # an entity: equal only to itself (its fields hold arrays)
@@ -68,12 +96,11 @@ class Request:
     # time.perf_counter() at submit, admission, end of encoding, first streamed token, end
     times: dict[str, float] = field(default_factory=lambda: {"submitted": time.perf_counter()})
     diagnostics: bool = False  # the search records its decision margins (tests)
+    stops: StopStrings | None = None  # the request's stop strings, if any
 
     def __post_init__(self):
-        if self.params.num_beams > 1:
-            self.search = BeamSearch(self.params, self.diagnostics)
-        else:
-            self.search = TokenSearch(self.params, self.diagnostics, source=self.input_ids)
+        kind = BeamSearch if self.params.num_beams > 1 else TokenSearch
+        self.search = kind(self.params, self.diagnostics, self.input_ids, self.stops)
 
     def mark(self, moment: str):
         self.times.setdefault(moment, time.perf_counter())
@@ -133,21 +160,32 @@ class Request:
         prefix = self.settled_prefix()
         if len(prefix) > self.emitted:
             self.mark("first_token")
-            self.events.put(Event(self.id, prefix[self.emitted :]))
+            scores = None
+            if self.search.wants_scores:  # the prefix is every candidate's: take the first's
+                scores = token_scores(self.search.scores[0][self.emitted : len(prefix)])
+            self.events.put(Event(self.id, prefix[self.emitted :], scores=scores))
             self.emitted = len(prefix)
 
+    def finish_reason(self, result: list[int]) -> FinishReason:
+        if len(result) > 1 and result[-1] in self.params.eos_token_id:
+            return FinishReason.STOP
+        if self.stops is not None and self.stops.contained(result):
+            return FinishReason.STOP_SEQUENCE
+        return FinishReason.LENGTH
+
     def finish(self):
-        results = self.search.results()
+        search = self.search
+        results = search.results()
         tail = [int(t) for t in results[0][1 + self.emitted :]]
-        eos = set(self.params.eos_token_id)
-        reasons = [
-            FinishReason.STOP if len(r) > 1 and r[-1] in eos else FinishReason.LENGTH
-            for r in results
-        ]
         if tail:
             self.mark("first_token")
         self.state = State.FINISHED
         self.mark("finished")
-        self.events.put(
-            Event(self.id, tail, True, results, finish_reasons=reasons, timings=self.timings())
-        )
+        event = Event(self.id, tail, True, results, timings=self.timings(),
+                      finish_reasons=[self.finish_reason(r) for r in results])  # fmt: skip
+        if search.wants_scores:
+            event.result_scores = [token_scores(s) for s in search.result_scores()]
+            event.scores = event.result_scores[0][self.emitted :]
+        if isinstance(search, BeamSearch):
+            event.sequence_scores = search.sequence_scores()
+        self.events.put(event)

@@ -13,15 +13,35 @@ from ledserve.engine import lookup, processors
 from ledserve.engine.params import GenerationParams
 
 
-class Search:
-    """Common state: the decoder tokens of every row, the start token included."""
+def token_scores(scores: torch.Tensor, chosen: torch.Tensor, top_n: int) -> torch.Tensor:
+    """scores [rows, vocab] (processed) and chosen [rows] int64 on the device -> [rows, 1 + 2 *
+    top_n] float64: each chosen token's log-probability under the processed distribution, then
+    the top_n best log-probabilities and their token ids (float64 holds ids exactly)."""
+    logprobs = scores.float().log_softmax(dim=-1)
+    parts = [logprobs.gather(1, chosen[:, None])]
+    if top_n:
+        best = torch.topk(logprobs, top_n)
+        parts += [best.values, best.indices]
+    return torch.cat([p.double() for p in parts], dim=1)
 
-    def __init__(self, params: GenerationParams, rows: int, diagnostics: bool = False):
+
+class Search:
+    """Common state: the decoder tokens of every row, the start token included, and with
+    output_scores each generated token's scores ([rows, generated, 1 + 2 * top_n] float64, see
+    `token_scores`; NaN for a finished row's padding)."""
+
+    def __init__(self, params: GenerationParams, rows: int, diagnostics: bool = False,
+                 source: np.ndarray | None = None, stops=None):  # fmt: skip
+        """`source`: the request's input ids (encoder n-gram bans and repetition penalty);
+        `stops`: its engine/stops.StopStrings, if any."""
         self.params = params
         self.diagnostics = diagnostics  # record `margin` (costs a device->host copy a step)
-        # transformers' processors, split where the engine batches the masking ones
-        self.pre, self.masking, self.post = processors.split(processors.build(params))
-        self.max_length = 1 + params.max_new_tokens
+        self.chain = processors.build(params, source)  # transformers' processors, its order
+        self.stops = stops
+        self.max_length = params.max_length
+        self.top_n = params.top_n_tokens
+        width = 1 + 2 * self.top_n
+        self.scores = np.zeros((rows, 0, width)) if params.scored else None
         self.eos = np.array(params.eos_token_id, dtype=np.int64)
         self.pad = (
             params.pad_token_id if params.pad_token_id is not None else params.eos_token_id[0]
@@ -52,16 +72,13 @@ class Search:
     def process(self, scores: torch.Tensor) -> torch.Tensor:
         """[rows, vocab] float32 scores -> the request's processed scores, in transformers' order;
         the masking processors read the host's token ids (no device->host copy)."""
-        if self.pre or self.post:
-            ids = torch.as_tensor(self.sequences, device=scores.device)
-        if self.pre:
-            scores = processors.apply(self.pre, ids, scores)
-        if self.masking:
-            masks = processors.Masks()
-            for processor in self.masking:
-                processor.mark(self.sequences, masks)
-            scores = masks.apply(scores.clone())
-        return processors.apply(self.post, ids, scores) if self.post else scores
+        processing = processors.Processing()
+        processing.add(0, self.chain, self.sequences)
+        return processing.apply(scores.clone())
+
+    @property
+    def wants_scores(self) -> bool:
+        return self.scores is not None
 
     @property
     def rows(self) -> int:
@@ -77,11 +94,12 @@ class TokenSearch(Search):
     """Greedy (argmax) or sampling, one independent sequence per row."""
 
     def __init__(self, params: GenerationParams, diagnostics: bool = False,
-                 source: np.ndarray | None = None):  # fmt: skip
+                 source: np.ndarray | None = None, stops=None):  # fmt: skip
         """`source`: the request's input ids, where prompt lookup finds its drafts."""
         rows = params.num_return_sequences if params.do_sample else 1
-        super().__init__(params, rows, diagnostics)
+        super().__init__(params, rows, diagnostics, source, stops)
         self.finished = np.zeros(rows, dtype=bool)
+        self.ends = np.zeros(rows, dtype=np.int64)  # a finished row's length (its EOS or stop)
         self.source = source
         self.lookup = params.prompt_lookup_num_tokens if source is not None else None
 
@@ -97,15 +115,12 @@ class TokenSearch(Search):
     def step(self, logits: torch.Tensor) -> np.ndarray:
         """logits: [rows, vocab] on the device -> row reorder indices (identity). The engine
         runs the same parts batched over a step's requests (engine/sampler.py)."""
-        scores = self.scores(logits)
+        scores = self.process(logits.float())
         chosen = self.sample(scores) if self.params.do_sample else scores.argmax(dim=-1)
         self.note_margins(scores)
-        self.advance(chosen.cpu().numpy())  # the token ids cross
+        own = token_scores(scores, chosen, self.top_n).cpu().numpy() if self.wants_scores else None
+        self.advance(chosen.cpu().numpy(), own)  # the token ids cross
         return np.arange(self.rows)
-
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        """[rows, vocab] logits -> the request's processed scores, float32 on the device."""
-        return self.process(logits.float())
 
     def sample(self, scores: torch.Tensor) -> torch.Tensor:
         """[rows] tokens drawn with the request's own generator (do_sample)."""
@@ -128,17 +143,32 @@ class TokenSearch(Search):
                 break
             self.advance(np.array([token]))
 
-    def advance(self, chosen: np.ndarray):
-        """Append the chosen [rows] token ids (a finished row gets padding)."""
-        chosen = np.where(self.finished, self.pad, chosen)
+    def advance(self, chosen: np.ndarray, scores: np.ndarray | None = None):
+        """Append the chosen [rows] token ids (a finished row gets padding) and, with
+        output_scores, their scores [rows, 1 + 2 * top_n]."""
+        was = self.finished.copy()
+        chosen = np.where(was, self.pad, chosen)
         self.sequences = np.concatenate([self.sequences, chosen[:, None]], axis=1)
+        if self.scores is not None:
+            scores = np.where(was[:, None], np.nan, scores)
+            self.scores = np.concatenate([self.scores, scores[:, None]], axis=1)
         self.finished |= np.isin(chosen, self.eos)
+        if self.stops is not None:
+            for row in np.flatnonzero(~self.finished):
+                self.finished[row] = self.stops.hit(self.sequences[row])
+        self.ends[self.finished & ~was] = self.sequences.shape[1]
         self.done = bool(self.finished.all()) or self.sequences.shape[1] >= self.max_length
 
+    def lengths(self) -> np.ndarray:
+        """Each row's length without padding: up to its EOS or stop string."""
+        return np.where(self.finished, self.ends, self.sequences.shape[1])
+
     def results(self) -> list[list[int]]:
-        """Each row's tokens, start token first, cut after its EOS (no padding)."""
-        out = []
-        for row in self.sequences.tolist():
-            ends = [i for i, t in enumerate(row[1:], 1) if t in self.params.eos_token_id]
-            out.append(row[: ends[0] + 1] if ends else row)
-        return out
+        """Each row's tokens, start token first, cut after its EOS or stop (no padding)."""
+        return [row[:n].tolist() for row, n in zip(self.sequences, self.lengths(), strict=True)]
+
+    def result_scores(self) -> list[np.ndarray] | None:
+        """With output_scores, each result's token scores [generated, 1 + 2 * top_n]."""
+        if self.scores is None:
+            return None
+        return [row[: n - 1] for row, n in zip(self.scores, self.lengths(), strict=True)]

@@ -10,16 +10,37 @@ from pathlib import Path
 _EARLY_STOPPING = {"true": True, "false": False, "never": "never"}
 
 
-def _numeric_parameters() -> list[tuple[str, type]]:
-    """The numeric generation flags, read from the proto: (parameter name, int or float)."""
+def _fields(kind: str) -> list:
+    """Generation fields of the proto: "numeric" (one int or float each) or "bool"."""
+    from google.protobuf.descriptor import FieldDescriptor as F
+
     from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 
-    fields = pb.GenerationParameters.DESCRIPTOR.fields
-    return [
-        (f.name, float if f.type == f.TYPE_DOUBLE else int)
-        for f in fields
-        if f.type != f.TYPE_BOOL and f.enum_type is None
-    ]
+    fields = [f for f in pb.GenerationParameters.DESCRIPTOR.fields if not f.is_repeated]
+    if kind == "bool":
+        return [f.name for f in fields if f.type == F.TYPE_BOOL]
+    numeric = {F.TYPE_DOUBLE: float, F.TYPE_INT32: int, F.TYPE_UINT64: int}
+    return [(f.name, numeric[f.type]) for f in fields if f.type in numeric]
+
+
+def _ids(text: str) -> list[int]:
+    """ "5,17,3" -> [5, 17, 3] (a flag's token ids)."""
+    try:
+        return [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated token ids, got {text!r}"
+        ) from None
+
+
+def _decay(text: str) -> tuple[int, float]:
+    try:
+        start, factor = text.split(",")
+        return int(start), float(factor)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected START,FACTOR (e.g. 20,1.05), got {text!r}"
+        ) from None
 
 
 def add_arguments(parser: argparse.ArgumentParser):
@@ -47,10 +68,26 @@ def add_arguments(parser: argparse.ArgumentParser):
         "--token", help="sent as `authorization: Bearer TOKEN` (default: $LEDSERVE_TOKEN)"
     )
     parser.add_argument("--request-id", default="")
-    for name, kind in _numeric_parameters():
+    for name, kind in _fields("numeric"):
         parser.add_argument("--" + name.replace("_", "-"), type=kind)
     parser.add_argument("--early-stopping", choices=sorted(_EARLY_STOPPING))
-    parser.add_argument("--do-sample", action="store_true", default=None)
+    for name in _fields("bool"):  # --do-sample, --renormalize-logits, --output-scores
+        parser.add_argument("--" + name.replace("_", "-"), action="store_true", default=None)
+    parser.add_argument(
+        "--stop", action="append", help="end the answer before this text (repeatable)"
+    )
+    parser.add_argument(
+        "--bad-words-ids", action="append", type=_ids, metavar="IDS",
+        help="comma-separated token ids that may not be generated in a row (repeatable)",
+    )  # fmt: skip
+    parser.add_argument("--suppress-tokens", type=_ids, metavar="IDS", help="never generate")
+    parser.add_argument(
+        "--begin-suppress-tokens", type=_ids, metavar="IDS", help="do not generate first"
+    )
+    parser.add_argument(
+        "--exponential-decay-length-penalty", type=_decay, metavar="START,FACTOR",
+        help="EOS grows more likely by FACTOR per token after START tokens",
+    )  # fmt: skip
     extractive = parser.add_argument_group(
         "extractive answers (--extractive: answer spans from the passages, Extract)"
     )
@@ -78,8 +115,11 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    parameters = {name: getattr(args, name) for name, _ in _numeric_parameters()}
-    parameters["do_sample"] = args.do_sample
+    names = [name for name, _ in _fields("numeric")] + _fields("bool") + [
+        "stop", "bad_words_ids", "suppress_tokens", "begin_suppress_tokens",
+        "exponential_decay_length_penalty",
+    ]  # fmt: skip
+    parameters = {name: getattr(args, name) for name in names}
     if args.early_stopping:
         parameters["early_stopping"] = _EARLY_STOPPING[args.early_stopping]
     token = args.token or os.environ.get("LEDSERVE_TOKEN") or None
@@ -111,11 +151,12 @@ def print_answer(client, question: str, passages: list[str], **kwargs) -> str | 
 
     from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 
-    text = ""
+    text, scores = "", []
     try:
         for chunk in client.stream(question, passages, **kwargs):
             print(chunk.text, end="", flush=True)
             text += chunk.text
+            scores += zip(chunk.token_ids, chunk.scores, strict=False)  # none without scores
             summary = chunk.summary
     except grpc.RpcError as e:
         print(f"\nerror: {e.code().name}: {e.details()}", file=sys.stderr)
@@ -131,6 +172,10 @@ def print_answer(client, question: str, passages: list[str], **kwargs) -> str | 
         + f"; first token {t.first_token_seconds:.3f} s, total {t.total_seconds:.3f} s]",
         file=sys.stderr,
     )
+    for token, score in scores:  # --output-scores
+        top = " ".join(f"{t.token_id}:{t.logprob:.4f}" for t in score.top)
+        print(f"  token {token}: logprob {score.logprob:.4f}" + (f"  top {top}" if top else ""),
+              file=sys.stderr)  # fmt: skip
     return text
 
 

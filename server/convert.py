@@ -15,7 +15,8 @@ EARLY_STOPPING = {
     pb.EARLY_STOPPING_TRUE: True,
     pb.EARLY_STOPPING_NEVER: "never",
 }
-FINISH_REASONS = {"stop": pb.STOP, "length": pb.LENGTH}
+FINISH_REASONS = {"stop": pb.STOP, "length": pb.LENGTH, "stop_sequence": pb.STOP_SEQUENCE}
+_REPEATED = {f.name for f in pb.GenerationParameters.DESCRIPTOR.fields if f.is_repeated}
 MAX_REQUEST_ID = 128
 
 
@@ -33,6 +34,16 @@ def parameters_to_kwargs(parameters: pb.GenerationParameters) -> dict:
                     "(EARLY_STOPPING_FALSE, _TRUE or _NEVER)"
                 )
             kwargs[name] = EARLY_STOPPING[value]
+        elif name == "bad_words_ids":
+            if parameters.bad_words_ids:
+                kwargs[name] = [list(word.ids) for word in parameters.bad_words_ids]
+        elif name in _REPEATED:
+            if getattr(parameters, name):
+                kwargs[name] = list(getattr(parameters, name))
+        elif name == "exponential_decay_length_penalty":
+            if parameters.HasField(name):
+                decay = parameters.exponential_decay_length_penalty
+                kwargs[name] = (decay.start_index, decay.decay_factor)
         elif parameters.HasField(name):
             kwargs[name] = getattr(parameters, name)
     return kwargs
@@ -51,7 +62,24 @@ def kwargs_to_parameters(**kwargs) -> pb.GenerationParameters:
                 f'early_stopping must be true, false or "never", got {values["early_stopping"]!r}'
             )
         values["early_stopping"] = codes[values["early_stopping"]]
+    if "bad_words_ids" in values:
+        values["bad_words_ids"] = [pb.TokenIds(ids=list(w)) for w in values["bad_words_ids"]]
+    if "exponential_decay_length_penalty" in values:
+        start, factor = values["exponential_decay_length_penalty"]
+        values["exponential_decay_length_penalty"] = pb.DecayLengthPenalty(
+            start_index=start, decay_factor=factor
+        )
+    if isinstance(values.get("stop"), str):
+        values["stop"] = [values["stop"]]
     return pb.GenerationParameters(**values)
+
+
+def token_scores(scores) -> list[pb.TokenScore]:
+    """engine TokenScores -> their proto messages (empty without output_scores)."""
+    return [
+        pb.TokenScore(logprob=s.logprob, top=[pb.TopToken(token_id=i, logprob=v) for i, v in s.top])
+        for s in scores or ()
+    ]
 
 
 @dataclass(frozen=True)
@@ -90,18 +118,23 @@ def request_input(request: pb.GenerateRequest) -> Input:
 
 
 def summary(event, tokenizer, input_tokens: int, truncated: tuple[int, int],
-            arrival_offset: float):  # fmt: skip
+            arrival_offset: float, stops=None):  # fmt: skip
     """The final event of a finished request -> pb.Summary. `truncated`: the context's tokens
     and characters cut; `arrival_offset`: seconds from the request's arrival at the server to
-    its submission to the engine (tokenization)."""
-    sequences = [
-        pb.Sequence(
-            text=tokenizer.decode(tokens, skip_special_tokens=True),
+    its submission to the engine (tokenization); `stops`: the request's StopStrings, if any
+    (a sequence's text ends before its first stop)."""
+    sequences = []
+    for i, (tokens, reason) in enumerate(zip(event.results, event.finish_reasons, strict=True)):
+        text = tokenizer.decode(tokens, skip_special_tokens=True)
+        sequence = pb.Sequence(
+            text=stops.cut(text) if stops is not None else text,
             token_ids=tokens[1:],  # the decoder start token is not part of the answer
             finish_reason=FINISH_REASONS[reason],
+            scores=token_scores(event.result_scores[i] if event.result_scores else None),
         )
-        for tokens, reason in zip(event.results, event.finish_reasons, strict=True)
-    ]
+        if event.sequence_scores is not None:
+            sequence.sequence_score = event.sequence_scores[i]
+        sequences.append(sequence)
     t = event.timings
     return pb.Summary(
         finish_reason=sequences[0].finish_reason,

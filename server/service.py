@@ -13,6 +13,7 @@ import grpc
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest, WrongTask
 from ledserve.engine.extractive import ExtractParams
+from ledserve.engine.stops import StopText
 from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 from ledserve.server import convert
 from ledserve.server.logs import log
@@ -281,27 +282,36 @@ class LedServeService:
             truncated_context_characters=truncated[1],
             parameters=params,
         )
-        detokenizer, last = Detokenizer(engine.tokenizer), None
+        # text deltas: none holds a broken character, none reaches past a stop string
+        detokenizer, held, last = (
+            Detokenizer(engine.tokenizer),
+            StopText(submitted.params.stop),
+            None,
+        )
         try:
             while True:
                 event = await sink.queue.get()
                 if event.error:
                     raise RequestFailed(event.failure, event.error)
-                text = detokenizer.add(event.tokens) if event.tokens else ""
+                text = held.add(detokenizer.add(event.tokens)) if event.tokens else ""
+                scores = convert.token_scores(event.scores)
                 if event.finished:
                     offset = submitted.times["submitted"] - arrival
-                    summary = convert.summary(event, engine.tokenizer, len(ids), truncated, offset)
+                    summary = convert.summary(event, engine.tokenizer, len(ids), truncated, offset,
+                                              submitted.stops)  # fmt: skip
                     self._observe(request_id, summary)
-                    text += detokenizer.flush()
+                    text += held.add(detokenizer.flush()) + held.flush()
                     yield pb.GenerateChunk(
-                        request_id=request_id, text=text, token_ids=event.tokens, summary=summary
-                    )
+                        request_id=request_id, text=text, token_ids=event.tokens,
+                        summary=summary, scores=scores,
+                    )  # fmt: skip
                     return
                 now = time.perf_counter()
                 if last is not None:
                     self.metrics.inter_token_seconds.observe((now - last) / len(event.tokens))
                 last = now
-                yield pb.GenerateChunk(request_id=request_id, text=text, token_ids=event.tokens)
+                yield pb.GenerateChunk(request_id=request_id, text=text, token_ids=event.tokens,
+                                       scores=scores)  # fmt: skip
         finally:
             engine.cancel(submitted)  # a no-op once finished; frees the rows of an abandoned one
 

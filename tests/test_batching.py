@@ -203,7 +203,7 @@ def test_a_failing_request_does_not_stop_the_others(exported, checkpoint, rng, m
     bad = engine.submit(ids, max_new_tokens=6, min_new_tokens=6)
     bad_beam = engine.submit(ids, max_new_tokens=6, min_new_tokens=6, num_beams=2)
     greedy = engine.submit(ids, max_new_tokens=6, repetition_penalty=1.3)
-    monkeypatch.setattr(bad.search, "advance", lambda tokens: 1 / 0)
+    monkeypatch.setattr(bad.search, "advance", lambda tokens, scores=None: 1 / 0)
     monkeypatch.setattr(bad_beam.search, "propose", lambda log_probs: 1 / 0)
     finals = engine.run_until_done([good, bad, bad_beam, greedy])
     good_final, bad_final, bad_beam_final, greedy_final = finals

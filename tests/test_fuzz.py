@@ -33,16 +33,43 @@ TYPICAL = {  # valid values, so that fuzzed calls also reach generation
     "repetition_penalty": (1.0, 1.5), "num_return_sequences": (1, 2), "temperature": (0.5, 1.5),
     "top_k": (0, 50), "top_p": (0.5, 1.0), "seed": (0, 2**32), "early_stopping": (0, 3),
     "prompt_lookup_num_tokens": (1, 6), "max_matching_ngram_size": (1, 3),
+    "max_length": (2, 9), "encoder_no_repeat_ngram_size": (0, 3),
+    "encoder_repetition_penalty": (0.8, 1.5), "min_p": (0.0, 0.3), "typical_p": (0.5, 1.0),
+    "epsilon_cutoff": (0.0, 0.01), "eta_cutoff": (0.0, 0.01), "top_n_tokens": (0, 5),
 }  # fmt: skip
 
 
-def random_parameters(rng) -> pb.GenerationParameters:
+def random_ids(rng, vocab: int) -> list[int]:
+    ids = rng.integers(0, vocab, int(rng.integers(0, 4))).tolist()
+    if ids and rng.random() < 0.2:
+        ids[0] = _pick(rng, [-1, vocab, 2**62])
+    return ids
+
+
+def random_list_field(rng, name: str, vocab: int):
+    """A value for a repeated or message field."""
+    if name == "stop":
+        return [_pick(rng, TEXTS) for _ in range(int(rng.choice([0, 1, 2, 20])))]
+    if name == "bad_words_ids":
+        return [pb.TokenIds(ids=random_ids(rng, vocab)) for _ in range(int(rng.integers(0, 3)))]
+    if name == "exponential_decay_length_penalty":
+        typical = rng.random() < 0.8
+        return pb.DecayLengthPenalty(
+            start_index=int(rng.integers(0, 6)) if typical else _pick(rng, INTS),
+            decay_factor=float(rng.uniform(0.8, 1.3)) if typical else _pick(rng, FLOATS),
+        )
+    return random_ids(rng, vocab)  # suppress_tokens, begin_suppress_tokens
+
+
+def random_parameters(rng, vocab: int = 100) -> pb.GenerationParameters:
     fields = {}
     for field in pb.GenerationParameters.DESCRIPTOR.fields:
         if rng.random() < 0.5:
             continue  # unset: the model's default
         name, kind = field.name, field.type
-        if kind == field.TYPE_BOOL:
+        if field.is_repeated or kind == field.TYPE_MESSAGE:
+            fields[name] = random_list_field(rng, name, vocab)
+        elif kind == field.TYPE_BOOL:
             fields[name] = bool(rng.integers(2))
         elif rng.random() < 0.8:
             low, high = TYPICAL[name]
@@ -64,7 +91,7 @@ def random_parameters(rng) -> pb.GenerationParameters:
 def random_request(rng, vocab: int) -> pb.GenerateRequest:
     request = pb.GenerateRequest(
         request_id=_pick(rng, ["", "id-1", "id-2", "x" * 200]),
-        parameters=random_parameters(rng),
+        parameters=random_parameters(rng, vocab),
         truncation=int(rng.integers(0, 4)),
     )
     if rng.random() < 0.5:

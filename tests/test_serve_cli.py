@@ -72,6 +72,34 @@ def test_ask_streams_the_answer_to_a_context_file(served, tmp_path, capsys, suff
     assert re.search(r"\[(stop|length): \d+ tokens from \d+ input tokens; first token", out.err)
 
 
+def test_ask_passes_the_generation_flags(served, capsys):
+    """The list-valued and new flags reach the server as the client's keyword arguments do."""
+    target, question, context = f"127.0.0.1:{served.port}", "what?", "roses and tulips."
+    flags = dict(max_length=14, min_new_tokens=10, suppress_tokens=[5, 6],
+                 bad_words_ids=[[7], [8, 9]], begin_suppress_tokens=[10],
+                 exponential_decay_length_penalty=(3, 1.2),
+                 encoder_no_repeat_ngram_size=2, encoder_repetition_penalty=1.3,
+                 renormalize_logits=True, output_scores=True, top_n_tokens=2)  # fmt: skip
+    with Client(target) as client:
+        plain = client.generate(question, context, **flags).text.strip()
+        stop = plain[len(plain) // 2 : len(plain) // 2 + 2]
+        expected = client.generate(question, context, stop=[stop], **flags)
+    command = ["ask", "--server", target, "--question", question, "--context", context,
+               "--max-length", "14", "--min-new-tokens", "10", "--suppress-tokens", "5,6",
+               "--bad-words-ids", "7", "--bad-words-ids", "8,9", "--begin-suppress-tokens", "10",
+               "--exponential-decay-length-penalty", "3,1.2", "--encoder-no-repeat-ngram-size",
+               "2", "--encoder-repetition-penalty", "1.3", "--renormalize-logits",
+               "--output-scores", "--top-n-tokens", "2", "--stop", stop]  # fmt: skip
+    assert ledserve(command) == 0
+    out = capsys.readouterr()
+    assert out.out == expected.text + "\n"
+    assert "[stop_sequence: " in out.err
+    assert out.err.count("logprob") == len(expected.summary.sequences[0].token_ids)
+    with pytest.raises(SystemExit, match="2"):  # argparse's usage error
+        ledserve([*command[:7], "--bad-words-ids", "7,x"])
+    assert "expected comma-separated token ids" in capsys.readouterr().err
+
+
 def test_ask_reports_errors_without_a_trace(served, tmp_path, capsys):
     target = f"127.0.0.1:{served.port}"
     assert ledserve(["ask", "--server", target, "--question", "q?", "--context", "c", 

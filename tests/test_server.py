@@ -216,6 +216,19 @@ def test_deadline_ends_the_request(served, client, slow_decode):
             r"global_attention_mask marks 602 tokens as global; the limit is 512",
         ),
         (dict(question="why " * 300, context="c"), r"marks \d+ tokens as global; the limit is 512"),
+        (dict(min_p=1.5), r"min_p must be in \[0, 1\], got 1.5"),
+        (dict(suppress_tokens=[3, -4]), r"suppress_tokens must hold token ids between 0 and 399"),
+        (dict(bad_words_ids=[[5], [400]]), r"bad_words_ids must hold token ids between 0 and 399"),
+        (dict(bad_words_ids=[[5], []]), r"bad_words_ids\[1\] must hold 1 to 32 token ids"),
+        (dict(stop=["ok", ""]), r"stop\[1\] must be a string of 1 to 256 characters"),
+        (dict(stop=["s"] * 17), r"stop must be a list of at most 16 strings"),
+        (dict(top_n_tokens=50), r"top_n_tokens must be between 0 and 20, got 50"),
+        (dict(max_length=5000), r"max_length must be between 2 and 64, got 5000"),
+        (dict(typical_p=float("nan")), r"typical_p must be between 1e-06 and 1, got nan"),
+        (
+            dict(exponential_decay_length_penalty=(0, 1e10)),
+            r"exponential_decay_length_penalty must be .* got \(0, 10000000000.0\)",
+        ),
     ],
 )
 def test_bad_requests_are_invalid_argument(client, request_fields, message):
@@ -430,3 +443,39 @@ def test_engine_failures_map_to_their_status_without_the_detail(
     assert failed.value.code() == code
     assert re.fullmatch(says, failed.value.details())
     assert client.generate("q?", "c.", max_new_tokens=2).summary.usage.generated_tokens
+
+
+def test_stop_strings_and_scores_stream_as_they_answer(served, client):
+    """A stop taken from the plain answer's text: streamed deltas concatenate to the unary text,
+    which ends before the stop (STOP_SEQUENCE); streamed chunks carry their tokens' scores, which
+    are the summary's."""
+    params = dict(max_new_tokens=24, min_new_tokens=16, output_scores=True, top_n_tokens=2)
+    plain = client.generate("what is it?", "a garden with roses and tulips.", **params)
+    text = plain.text.strip()
+    assert len(text) >= 4, text
+    stop = text[len(text) // 2 : len(text) // 2 + 2]
+    unary = client.generate("what is it?", "a garden with roses and tulips.", stop=[stop], **params)
+    chunks = list(client.stream("what is it?", "a garden with roses and tulips.", stop=[stop],
+                                **params))  # fmt: skip
+    summary = chunks[-1].summary
+    assert unary.text == plain.text[: plain.text.find(stop)]
+    assert "".join(c.text for c in chunks) == unary.text == summary.sequences[0].text
+    assert summary.finish_reason == pb.STOP_SEQUENCE
+    streamed = [s for c in chunks for s in c.scores]
+    assert [t for c in chunks for t in c.token_ids] == list(summary.sequences[0].token_ids)
+    assert streamed == list(summary.sequences[0].scores) and len(streamed) == len(
+        summary.sequences[0].token_ids
+    )
+    assert all(len(s.top) == 2 and s.top[0].logprob >= s.logprob for s in streamed)
+    beams = client.generate(
+        "what?", "roses.", max_new_tokens=6, num_beams=3, num_return_sequences=2
+    )
+    assert all(s.HasField("sequence_score") for s in beams.summary.sequences)
+    assert not plain.summary.sequences[0].HasField("sequence_score")
+
+
+def test_described_defaults_hold_the_new_parameters(client):
+    defaults = client.describe().defaults
+    assert defaults.max_length == defaults.max_new_tokens + 1
+    assert not defaults.output_scores and defaults.top_n_tokens == 0
+    assert list(defaults.stop) == [] and not defaults.HasField("exponential_decay_length_penalty")
