@@ -10,7 +10,6 @@ others do not (checked).
 """
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -65,7 +64,7 @@ def main(argv=None) -> int:
     parser.add_argument("--artifacts", help="also: this model on random 512-token inputs")
     parser.add_argument("--out", help="also write the results here (JSON)")
     args = parser.parse_args(argv)
-    from ledserve.benchmarks.lookup import demo_prompts
+    from ledserve.benchmarks.lookup import demo_prompts, emit
     from ledserve.benchmarks.machine import describe
     from ledserve.demo.model import default_artifacts
     from ledserve.engine.engine import Engine
@@ -83,11 +82,7 @@ def main(argv=None) -> int:
         fixed = dict(max_new_tokens=32, min_new_tokens=32)
         result["other"] = {"artifacts": args.artifacts, "greedy_8x512_in_32_out":
                            compare(other, inputs, args.rounds, **fixed)}  # fmt: skip
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
     return 0
 
 

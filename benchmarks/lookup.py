@@ -81,6 +81,15 @@ def copy_heavy_prompts(engine, count: int, seed: int = 0):
     return prompts
 
 
+def emit(result: dict, out: str | None):
+    """Print the results as JSON, and write them to `out` too where given."""
+    text = json.dumps(result, indent=1)
+    print(text)
+    if out:
+        with open(out, "w") as f:
+            f.write(text + "\n")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ledserve.benchmarks.lookup",
@@ -113,11 +122,7 @@ def main(argv=None) -> int:
             "artifacts": args.artifacts,
             "one_at_a_time": compare(other, copy, args.draft, args.rounds, False, **fixed),
         }
-    text = json.dumps(result, indent=1)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    emit(result, args.out)
     return 0
 
 
