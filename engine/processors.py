@@ -41,6 +41,12 @@ class Masks:
     def force(self, row: int, tokens: list[int]):
         self.forced[row] = tokens
 
+    def extend(self, other: "Masks"):
+        """Add another's bans and forced tokens (its rows are rows of the same scores)."""
+        self.rows += other.rows
+        self.tokens += other.tokens
+        self.forced.update(other.forced)
+
     def apply(self, scores: torch.Tensor) -> torch.Tensor:
         """Writes into `scores` [rows, vocab] (in place) and returns it."""
         if self.rows:
@@ -222,6 +228,8 @@ class Processing:
     def add(self, first_row: int, chain: list, sequences: np.ndarray):
         """A request's chain for its rows first_row ... (sequences [rows, length], the tokens
         so far of each); raises what a processor raises, adding nothing then."""
+        if not chain:  # most requests: nothing to process
+            return
         members, masks = defaultdict(list), {EARLY: Masks(), LATE: Masks()}
         for processor in chain:
             if isinstance(processor, Masking):
@@ -232,7 +240,7 @@ class Processing:
         for kind, added in members.items():
             self.members[kind] += added
         for name, own in masks.items():
-            _merge(self.masks[name], own)
+            self.masks[name].extend(own)
 
     def apply(self, scores: torch.Tensor) -> torch.Tensor:
         """Process the added rows of `scores` [rows, vocab] in place; returns it."""
@@ -244,14 +252,9 @@ class Processing:
         return scores
 
 
-def _merge(into: Masks, other: Masks):
-    into.rows += other.rows
-    into.tokens += other.tokens
-    into.forced.update(other.forced)
-
-
-def apply(chain: list, ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-    """One request's chain on its own (ids [rows, length]), through the batched path."""
+def apply(chain: list, ids, scores: torch.Tensor) -> torch.Tensor:
+    """One request's chain on its own, through the batched path: ids [rows, length], the
+    tokens so far (a host array, or a tensor), scores [rows, vocab] (not modified)."""
     processing = Processing()
-    processing.add(0, chain, ids.cpu().numpy())
+    processing.add(0, chain, ids.cpu().numpy() if isinstance(ids, torch.Tensor) else ids)
     return processing.apply(scores.clone())

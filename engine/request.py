@@ -47,18 +47,18 @@ class TokenScore:
     logprob: float
     top: list[tuple[int, float]]
 
-
-def token_scores(rows: np.ndarray) -> list[TokenScore]:
-    """Search scores [tokens, 1 + 2 * top_n] -> TokenScores (tokens that cannot come left out of
-    `top`)."""
-    n = (rows.shape[1] - 1) // 2
-    return [
-        TokenScore(float(row[0]), [
-            (int(i), float(v)) for v, i in zip(row[1 : 1 + n], row[1 + n :], strict=True)
-            if v > float("-inf")
-        ])
-        for row in rows
-    ]  # fmt: skip
+    @staticmethod
+    def from_rows(rows: np.ndarray) -> list["TokenScore"]:
+        """A search's scores [tokens, 1 + 2 * top_n] (engine/search.py) -> a TokenScore each
+        (tokens that cannot come left out of `top`)."""
+        n = (rows.shape[1] - 1) // 2
+        return [
+            TokenScore(float(row[0]), [
+                (int(i), float(v)) for v, i in zip(row[1 : 1 + n], row[1 + n :], strict=True)
+                if v > float("-inf")
+            ])
+            for row in rows
+        ]  # fmt: skip
 
 
 @dataclass
@@ -162,7 +162,7 @@ class Request:
             self.mark("first_token")
             scores = None
             if self.search.wants_scores:  # the prefix is every candidate's: take the first's
-                scores = token_scores(self.search.scores[0][self.emitted : len(prefix)])
+                scores = TokenScore.from_rows(self.search.scores[0][self.emitted : len(prefix)])
             self.events.put(Event(self.id, prefix[self.emitted :], scores=scores))
             self.emitted = len(prefix)
 
@@ -184,7 +184,7 @@ class Request:
         event = Event(self.id, tail, True, results, timings=self.timings(),
                       finish_reasons=[self.finish_reason(r) for r in results])  # fmt: skip
         if search.wants_scores:
-            event.result_scores = [token_scores(s) for s in search.result_scores()]
+            event.result_scores = [TokenScore.from_rows(s) for s in search.result_scores()]
             event.scores = event.result_scores[0][self.emitted :]
         if isinstance(search, BeamSearch):
             event.sequence_scores = search.sequence_scores()

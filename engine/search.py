@@ -72,9 +72,7 @@ class Search:
     def process(self, scores: torch.Tensor) -> torch.Tensor:
         """[rows, vocab] float32 scores -> the request's processed scores, in transformers' order;
         the masking processors read the host's token ids (no device->host copy)."""
-        processing = processors.Processing()
-        processing.add(0, self.chain, self.sequences)
-        return processing.apply(scores.clone())
+        return processors.apply(self.chain, self.sequences, scores)
 
     @property
     def wants_scores(self) -> bool:
