@@ -7,6 +7,8 @@ slot per request) and the row -> request indices the decoder graph takes. All of
 when requests join (appended) or leave, never every step.
 """
 
+import itertools
+
 import numpy as np
 import torch
 
@@ -48,6 +50,14 @@ class DecodeBatch:
         self.cache = KVCache.concat(caches)
         self.requests = list(members)
         self._index(self.cross.update(self.requests))
+
+    def split(self) -> list[KVCache]:
+        """Each request's rows of the cache, in request order: for requests that ran apart and
+        join another batch."""
+        if len(self.requests) == 1:
+            return [self.cache]
+        bounds = np.cumsum([0] + [r.rows for r in self.requests])
+        return [self.cache.select(np.arange(a, b)) for a, b in itertools.pairwise(bounds)]
 
     def _index(self, slots: list[int]):
         """The decoder's request_rows and row_slots for requests in `slots`."""

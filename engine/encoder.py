@@ -6,13 +6,42 @@ next step boundary; ONNX Runtime and torch release the GIL while they compute, s
 make progress. A failing batch comes back with its exception and ends only its own requests.
 The thread ends after a second without work (and starts again with the next batch), so an engine
 nobody uses any more holds no thread that keeps it, and its sessions, alive.
+
+A batch expected to cost no more than a budget the loop gives (about one decode step) is encoded
+on the loop's own thread instead (`dispatch`): a short input then joins the very step it was
+admitted at, instead of waiting behind a long input on the encoder thread and for the next step
+boundary. The expectation is the last run of a batch of similar padded size (`EncodeTimes`); a
+size not run yet goes to the thread.
 """
 
+import math
 import queue
 import threading
+import time
 from collections.abc import Callable
 
 IDLE_SECONDS = 1.0
+
+
+class EncodeTimes:
+    """Seconds the last encoder run of each size class took (padded tokens, rounded up to a power
+    of two): a Longformer's cost grows with its padded input, and a short input costs at least
+    one attention window, whatever its length."""
+
+    def __init__(self):
+        self.seconds: dict[int, float] = {}
+
+    @staticmethod
+    def size(batch: list) -> int:
+        padded = len(batch) * max(r.input_ids.size for r in batch)
+        return 1 << math.ceil(math.log2(padded))
+
+    def record(self, batch: list, seconds: float):
+        self.seconds[self.size(batch)] = seconds
+
+    def expect(self, batch: list) -> float:
+        """The expected seconds of encoding `batch`; inf for a size not run yet."""
+        return self.seconds.get(self.size(batch), math.inf)
 
 
 class EncoderWorker:
@@ -24,6 +53,31 @@ class EncoderWorker:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()  # a batch is never left behind by a thread that ends
         self.in_flight: list = []  # requests submitted and not yet collected (the loop's view)
+        self.times = EncodeTimes()
+
+    def dispatch(self, batches: list[list], budget: float) -> list[tuple[list, Exception | None]]:
+        """Hand `batches` over: those expected to take `budget` seconds in all are encoded here,
+        on the caller's thread, and returned as `collect` returns finished ones; the others go
+        to the encoder thread."""
+        here = []
+        for batch in batches:
+            expected = self.times.expect(batch)
+            if expected <= budget:
+                budget -= expected
+                here.append((batch, self._timed(batch)))
+            else:
+                self.submit(batch)
+        return here
+
+    def _timed(self, batch: list) -> Exception | None:
+        """Encode `batch`, recording its time; the error that ended it, if any."""
+        start = time.perf_counter()
+        try:
+            self._encode(batch)
+        except Exception as e:  # ends this batch's requests only (see Scheduler.join)
+            return e
+        self.times.record(batch, time.perf_counter() - start)
+        return None
 
     def submit(self, batch: list):
         self.in_flight += batch
@@ -67,10 +121,5 @@ class EncoderWorker:
                         self._thread = None
                         return
                 continue
-            try:
-                self._encode(batch)
-                error = None
-            except Exception as e:  # ends this batch's requests only (see Engine._collect)
-                error = e
-            self._done.put((batch, error))
+            self._done.put((batch, self._timed(batch)))
             self._wake.set()

@@ -1,11 +1,13 @@
 """The Engine: owns the sessions and the scheduler, runs the decode loop, and is the public API.
 
-Every step follows the scheduler's plan (engine/scheduler.py): admitted requests go, batched by
-length, to the encoder thread (engine/encoder.py), those whose encoding finished join the decode
-batch (engine/batch.py), one decoder run covers every live row, tokens are chosen
-(engine/sampler.py for greedy and sampling, engine/beam.py for beam search) and cross to the
-host in one copy, settled tokens are emitted, and the scheduler ends finished, failed and
-cancelled requests. `generate` and `stream` drive the loop themselves when no loop thread runs.
+Every step follows the scheduler's plan (engine/scheduler.py): admitted requests are encoded,
+batched by length, on the encoder thread (engine/encoder.py; a short batch on the loop, within a
+step's time), those encoded join the decode batch (engine/batch.py), and one decoder run covers
+every live row (engine/step.py: tokens chosen on the device, one host copy, events). A request
+joining other rows takes its first step in a run of its own; while a long run computes, the loop
+serves arrivals, so a short request's first token does not wait for a long neighbour's step.
+The scheduler then ends finished, failed and cancelled requests. `generate` and `stream` drive
+the loop themselves when no loop thread runs.
 """
 
 import functools
@@ -14,23 +16,19 @@ import time
 from dataclasses import replace
 
 import numpy as np
-import torch
 
-from ledserve.engine import beam
 from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.batch import DecodeBatch
 from ledserve.engine.config import EngineConfig
 from ledserve.engine.detokenize import Detokenizer
 from ledserve.engine.encoder import EncoderWorker
 from ledserve.engine.errors import InvalidRequest, WrongTask
-from ledserve.engine.lookup import Drafts
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
 from ledserve.engine.runtime import Runtime, resolve_device
-from ledserve.engine.sampler import NON_FINITE, Transfer, choose_tokens, settle_tokens
 from ledserve.engine.scheduler import Scheduler
-from ledserve.engine.search import TokenSearch
+from ledserve.engine.step import step_batch
 from ledserve.engine.stops import StopStrings, StopText
 from ledserve.manifest import EXTRACTIVE_QA, GENERATION, Manifest
 
@@ -57,6 +55,8 @@ class Engine:
         self.encoder = EncoderWorker(self._encode, self._wake)
         self._thread: threading.Thread | None = None
         self.steps = 0  # loop iterations that ran the decoder
+        self._step_seconds = 0.0  # the last step's decoder run and token choice
+        self._apart_seconds = 0.0  # the last run of joining requests' first step (_first_steps)
         self.decoder_calls = 0  # decoder graph runs (one per step)
         self.decoder_rows = 0  # rows summed over those runs
         self.draft_tokens = 0  # prompt lookup: drafted tokens, verified in decoder runs
@@ -166,23 +166,102 @@ class Engine:
     def step(self) -> bool:
         """One iteration; returns False when no decoder ran (nothing to do, or only encoding)."""
         plan = self.scheduler.schedule(self.encoding, self.encoder.collect())
-        for batch in plan.encode:
-            self.encoder.submit(batch)
+        budget = self._step_seconds if self._batch is not None else 0.0  # while rows decode
+        self.scheduler.join(self.encoder.dispatch(plan.encode, budget))
+        if self._first_steps():
+            self.scheduler.update(plan)  # those that finished or failed at once leave
+        plan.decode = list(self.running)
         if not plan.decode:
             self._batch = None  # its caches go with the last request
             return False
         if self._batch is None:
             self._batch = DecodeBatch(self.runtime.device, self.config.max_encoder_tokens)
+        start = time.perf_counter()
         try:
             self._batch.update(plan.decode)
-            self._decode(self._batch)
+            self._decode(self._batch, beside=self._serve_beside)
         except Exception as e:  # a failing decoder run ends its requests, not the engine
             for r in plan.decode:
                 r.fail(e)
             self._batch = None
+        self._step_seconds = time.perf_counter() - start
         self.steps += 1
         self.scheduler.update(plan)
         return True
+
+    # -- joining a long step ----------------------------------------------------------------
+    @property
+    def _apart_pays(self) -> bool:
+        """A first step apart costs the running rows at most half a step (not on a light batch,
+        nor on a device where every run costs about the same)."""
+        return self._apart_seconds <= self._step_seconds / 2
+
+    @property
+    def _serve_beside(self) -> bool:
+        """Arrivals are served during a step's run once a first step apart is known to pay; on
+        the CPU only (ONNX Runtime's CPU sessions take concurrent runs; on CUDA both runs would
+        share one device, and that path has not been measured)."""
+        cpu = self.runtime.device.type == "cpu"
+        return cpu and self._apart_seconds > 0 and self._apart_pays
+
+    def _first_steps(self) -> bool:
+        """Requests that join while other rows decode take their first step in a decoder run of
+        their own (their first token does not wait for a step over every row: beside long
+        inputs and many beams, many times a short request's step), when that pays. Returns
+        whether a run took place."""
+        fresh = [r for r in self.running if r.cache is not None and r.cache.length == 0]
+        if not fresh or len(fresh) == len(self.running) or not self._apart_pays:
+            return False
+        crosses = [r.cross for r in fresh]  # the run apart takes them; the batch needs them
+        apart = DecodeBatch(self.runtime.device, self.config.max_encoder_tokens)
+        start = time.perf_counter()
+        try:
+            apart.update(fresh)
+            self._decode(apart)
+            for r, cross, cache in zip(fresh, crosses, apart.split(), strict=True):
+                r.cross, r.cache = cross, cache
+        except Exception as e:  # as a failing step: these requests end
+            for r in fresh:
+                r.fail(e)
+        self._apart_seconds = time.perf_counter() - start
+        return True
+
+    def _beside(self, run):
+        """`run()`, a step's decoder run, on a thread of its own, while this thread serves
+        arrivals: requests encoded or submitted since the step began join, are encoded here
+        when short, and take their first step apart, without waiting for the step to end.
+        Returns what `run` returns."""
+        done, out = threading.Event(), []
+
+        def target():
+            try:
+                out.append(run())
+            except BaseException as e:  # raised again on the loop's thread
+                out.append(e)
+            finally:
+                done.set()
+                self._wake.set()
+
+        threading.Thread(target=target, name="ledserve-step", daemon=True).start()
+        try:
+            while not done.is_set():
+                self._wake.wait()
+                self._wake.clear()
+                if not done.is_set():
+                    self._arrivals()
+        finally:  # a failure here still waits for the run, which reads the batch's tensors
+            done.wait()
+        if isinstance(out[0], BaseException):
+            raise out[0]
+        return out[0]
+
+    def _arrivals(self):
+        """During a step's decoder run: encoded batches join, waiting requests are admitted
+        (encoded here within a step's time), and those ready take their first step apart."""
+        self.scheduler.join(self.encoder.collect())  # first: admission counts their rows
+        admitted = self.scheduler.admit(self.running + self.encoding) if self.waiting else []
+        self.scheduler.join(self.encoder.dispatch(admitted, self._step_seconds))
+        self._first_steps()
 
     def _encode(self, requests: list[Request]):
         """On the encoder thread: each request's cross K/V and empty self-attention cache."""
@@ -201,59 +280,15 @@ class Engine:
             request.cache = self.runtime.empty_cache(request.rows)
             request.mark("encoded")
 
-    def _decode(self, batch: DecodeBatch):
-        step = Drafts(batch.requests, self.defaults["pad_token_id"])  # prompt lookup's, if any
-        encoder_mask, cross = batch.cross.bound()
-        logits, present = self.runtime.decode(
-            step.tokens, batch.cache, encoder_mask, cross, batch.request_rows, batch.row_slots,
-            step.new_mask,
-        )  # fmt: skip
+    def _decode(self, batch: DecodeBatch, beside: bool = False):
+        """One decoder run over the batch's rows, and its tokens (engine/step.py). `beside`:
+        arrivals are served during the run (`_beside`)."""
+        done = step_batch(self.runtime, batch, self.defaults["pad_token_id"],
+                           self._beside if beside else None)  # fmt: skip
         self.decoder_calls += 1
-        self.decoder_rows += present.rows
-        picks, beams = [], []  # (request, its rows): greedy and sampling; beam search
-        start = 0
-        for r in batch.requests:
-            rows = slice(start, start + r.rows)
-            start += r.rows
-            (picks if isinstance(r.search, TokenSearch) else beams).append((r, rows))
-        # [rows + verified draft positions, vocab]: each row's first position, then the drafts'
-        logits, verified = step.scores(logits, picks)
-        # [rows] bool, before any processor's -inf: a row holding an inf or a NaN sums to one
-        # (in float32, so fp16 logits cannot overflow the sum); 40x cheaper than isfinite().all()
-        finite = torch.isfinite(logits.sum(dim=-1, dtype=torch.float32))
-        transfer = Transfer()  # the step's one device->host copy
-        at_finite = transfer.add(finite)
-        tokens, errors, scored = choose_tokens(logits, picks + verified, transfer)
-        at_tokens = transfer.add(tokens)
-        proposals = beam.propose_all(logits, beams) if beams else []
-        at_proposals = [transfer.add(p) if isinstance(p, torch.Tensor) else p for p in proposals]
-        host = transfer.fetch()
-        finite = host[at_finite].astype(bool)
-        plain, own = step.settle(picks, host[at_tokens].astype(np.int64), finite, errors,
-                                 NON_FINITE)  # fmt: skip
-        settle_tokens(plain, own, finite, errors, {k: host[i] for k, i in scored.items()})
-        step.keep(present)
-        self.draft_tokens += step.drafted
-        self.accepted_draft_tokens += sum(step.accepted.values())
-        vocab = logits.shape[-1]
-        reorder = np.arange(present.rows)  # each row's source row in present
-        for (r, rows), proposal in zip(beams, at_proposals, strict=True):
-            if isinstance(proposal, Exception):  # this request only; the others go on
-                r.fail(proposal)
-                continue
-            own = host[proposal]
-            if not finite[rows].all():
-                r.fail(NON_FINITE)
-                continue
-            try:
-                order = r.search.settle(own, vocab)
-            except Exception as e:
-                r.fail(e)
-                continue
-            reorder[rows] = np.arange(rows.start, rows.stop)[order]
-            if not r.search.done:
-                r.emit_progress()
-        batch.advance(present, reorder, compact=bool(step.drafts))
+        self.decoder_rows += done.rows
+        self.draft_tokens += done.drafted
+        self.accepted_draft_tokens += done.accepted
 
     # -- driving the loop ------------------------------------------------------------------
     def start(self):

@@ -52,16 +52,21 @@ class Scheduler:
         """The next step's plan. `encoding`: requests on the encoder thread; `encoded`: its
         finished batches, (requests, error or None), whose requests join the decode batch."""
         self._retire(cancelled_only=True)
+        self.join(encoded)
+        return StepPlan(self.admit(self.running + encoding), list(self.running))
+
+    def join(self, encoded: list):
+        """Encoded batches, (requests, the error that ended them or None), join the decode batch's
+        end (a failed batch's requests end; the engine goes on)."""
         for batch, error in encoded:
             for r in batch:
-                if error is not None:  # this batch's requests end; the engine goes on
+                if error is not None:
                     _end(r, failure_of(error), f"encoder failed: {type(error).__name__}: {error}")
                 elif r.cancelled:
                     _end(r, Failure.CANCELLED, "cancelled")
                 else:
                     r.state = State.DECODING
                     self.running.append(r)
-        return StepPlan(self.admit(self.running + encoding), list(self.running))
 
     def update(self, plan: StepPlan) -> list[Request]:
         """After the step's decoder run: its finished, failed and cancelled requests end and

@@ -159,25 +159,47 @@ def test_concurrent_streams_share_decoder_steps(served, slow_decode):
     assert steps < 16 * 30 / 4, f"{steps} steps for 16 requests of 30 tokens: little sharing"
 
 
+def _ended_streams(served, code: str) -> float:
+    """Generate calls the server's metrics count as ended with `code`."""
+    port = served.server.metrics_port
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    name = rf'ledserve_requests_total\{{code="{code}",method="Generate"\}}'
+    match = re.search(rf"^{name} ([0-9.e+]+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+def _counted(served, code: str, before: float) -> bool:
+    deadline = time.monotonic() + 10  # the handler counts it after the client has gone
+    while _ended_streams(served, code) <= before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return _ended_streams(served, code) == before + 1
+
+
 def test_cancel_mid_stream_frees_the_slot(served, client, slow_decode):
     slow_decode(0.02)
     engine, steps_before = served.engine, served.engine.steps
+    cancels, deadlines = (_ended_streams(served, c) for c in ("CANCELLED", "DEADLINE_EXCEEDED"))
     call = client.stream("a question?", "a context.", min_new_tokens=60, max_new_tokens=60)
     assert next(call).token_ids
     call.cancel()
     _wait_idle(engine)
     assert engine.steps - steps_before < 30  # stopped early, not after its 60 tokens
+    assert _counted(served, "CANCELLED", cancels)  # a client's cancel, not its deadline
+    assert _ended_streams(served, "DEADLINE_EXCEEDED") == deadlines
 
 
 def test_deadline_ends_the_request(served, client, slow_decode):
     slow_decode(0.02)
     engine, steps_before = served.engine, served.engine.steps
+    cancels, deadlines = (_ended_streams(served, c) for c in ("CANCELLED", "DEADLINE_EXCEEDED"))
     with pytest.raises(grpc.RpcError) as ended:
         list(client.stream("a question?", "a context.", min_new_tokens=60, max_new_tokens=60,
                            timeout=0.3))  # fmt: skip
     assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     _wait_idle(engine)
     assert engine.steps - steps_before < 40
+    assert _counted(served, "DEADLINE_EXCEEDED", deadlines)  # the metrics tell it from a cancel
+    assert _ended_streams(served, "CANCELLED") == cancels
 
 
 @pytest.mark.parametrize(
