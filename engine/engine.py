@@ -192,8 +192,8 @@ class Engine:
     # -- joining a long step ----------------------------------------------------------------
     @property
     def _apart_pays(self) -> bool:
-        """A first step apart costs the running rows at most half a step (not on a light batch,
-        nor on a device where every run costs about the same)."""
+        """A first step apart costs the running requests at most half a step (not on a light
+        batch, nor on a device where every run costs about the same)."""
         return self._apart_seconds <= self._step_seconds / 2
 
     @property
