@@ -63,7 +63,7 @@ def test_a_joining_request_takes_its_first_step_apart(exported, checkpoint, rng)
     _, model = checkpoint
     vocab = model.config.vocab_size
     long_ids, short_ids = list(rng.integers(5, vocab, 70)), list(rng.integers(5, vocab, 9))
-    long = dict(num_beams=4, max_new_tokens=12, min_new_tokens=12)
+    long = dict(num_beams=4, max_new_tokens=30, min_new_tokens=30)
     short = dict(max_new_tokens=6, do_sample=True, top_k=30, seed=5)
     engine = Engine.from_artifacts(exported["fp32"], device="cpu")
     running = engine.submit(long_ids, **long)
@@ -91,7 +91,7 @@ def test_an_arrival_gets_its_first_token_while_a_long_run_computes(
     _, model = checkpoint
     vocab = model.config.vocab_size
     long_ids, short_ids = list(rng.integers(5, vocab, 70)), list(rng.integers(5, vocab, 9))
-    long = dict(num_beams=4, max_new_tokens=10, min_new_tokens=10)
+    long = dict(num_beams=4, max_new_tokens=20, min_new_tokens=20)
     engine = Engine.from_artifacts(exported["fp32"], device="cpu", max_client_rows=4)
     hold, inside, decode = threading.Event(), threading.Event(), engine.runtime.decode
     hold.set()
