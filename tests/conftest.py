@@ -1,5 +1,7 @@
 """Session fixtures: tiny random LEDs built and saved here, exported once per session."""
 
+import os
+
 import numpy as np
 import pytest
 from transformers import LEDForConditionalGeneration
@@ -46,8 +48,9 @@ def exported(checkpoint, tmp_path_factory):
 
 @pytest.fixture
 def rng():
-    """Fresh random inputs every run; the seed is in the test id's output on failure."""
-    seed = int(np.random.SeedSequence().entropy % 2**32)
+    """Fresh random inputs every run; the seed is in the test id's output on failure, and
+    LEDSERVE_TEST_SEED=<seed> replays it."""
+    seed = int(os.environ.get("LEDSERVE_TEST_SEED", np.random.SeedSequence().entropy % 2**32))
     print(f"random seed {seed}")
     return np.random.default_rng(seed)
 
