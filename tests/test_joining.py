@@ -82,6 +82,27 @@ def test_a_joining_request_takes_its_first_step_apart(exported, checkpoint, rng)
     assert finals[2].results == _alone(exported, short_ids, max_new_tokens=1)
 
 
+def test_no_run_apart_where_it_costs_more_than_half_a_step(exported, checkpoint, rng):
+    """Where the last run apart cost more than half a step (a light batch), a joining request
+    enters the batch's run at once: one decoder run in its join step; tokens as alone."""
+    _, model = checkpoint
+    vocab = model.config.vocab_size
+    long_ids, short_ids = list(rng.integers(5, vocab, 70)), list(rng.integers(5, vocab, 9))
+    long = dict(num_beams=4, max_new_tokens=30, min_new_tokens=30)
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    running = engine.submit(long_ids, **long)
+    decode_step(engine)
+    engine._apart_seconds = 1e9  # as measured on a batch where a run of 1 row costs a step
+    joining = engine.submit(short_ids, max_new_tokens=5, min_new_tokens=5)
+    while joining not in engine._batch.requests:
+        calls = engine.decoder_calls
+        decode_step(engine)
+    assert engine.decoder_calls - calls == 1
+    finals = engine.run_until_done([running, joining])
+    assert finals[0].results == _alone(exported, long_ids, **long)
+    assert finals[1].results == _alone(exported, short_ids, max_new_tokens=5, min_new_tokens=5)
+
+
 def test_an_arrival_gets_its_first_token_while_a_long_run_computes(
     exported, checkpoint, rng, monkeypatch
 ):
