@@ -12,7 +12,7 @@ import torch
 
 from ledserve.engine import processors
 from ledserve.engine.params import GenerationParams
-from ledserve.engine.search import Search
+from ledserve.engine.search import Search, token_scores
 
 MASK = np.float32(-1.0e9)
 
@@ -53,12 +53,10 @@ class BeamSearch(Search):
         if self.diagnostics:
             self._note_margin(torch.topk(accumulated, self.keep + 1).values.cpu().numpy())
         parts = [top_scores.double(), top.double()]
-        if self.wants_scores:
-            logprobs = log_probs.float().log_softmax(dim=-1)  # [beams, vocab]
-            parts.append(logprobs.reshape(-1)[top].double())  # [keep]
-            if self.top_n:
-                best = torch.topk(logprobs, self.top_n)  # [beams, top_n] each
-                parts += [best.values.double().reshape(-1), best.indices.double().reshape(-1)]
+        if self.wants_scores:  # each candidate's, from its beam's row: [keep, 1 + 2 * top_n]
+            vocab = log_probs.shape[-1]
+            beam_rows = torch.div(top, vocab, rounding_mode="floor")
+            parts.append(token_scores(log_probs[beam_rows], top % vocab, self.top_n).reshape(-1))
         return torch.cat(parts)
 
     def settle(self, proposal: np.ndarray, vocab: int) -> np.ndarray:
@@ -76,7 +74,8 @@ class BeamSearch(Search):
                 [not h and self.stops.hit(c) for h, c in zip(hits, candidates, strict=True)], bool
             )
         if self.scores is not None:  # [keep, generated + 1, 1 + 2 * top_n]
-            candidate_scores = self._candidate_scores(proposal[2 * self.keep :], top_beams)
+            new = proposal[2 * self.keep :].reshape(self.keep, 1, -1)  # each candidate's token
+            candidate_scores = np.concatenate([self.scores[top_beams], new], axis=1)
 
         # Running beams: the best candidates that did not stop.
         open_scores = top_scores + hits.astype(np.float32) * MASK
@@ -124,15 +123,6 @@ class BeamSearch(Search):
             # exact ties, whose order transformers leaves to torch.topk's implementation.
             self.margin = 0.0
         return reorder
-
-    def _candidate_scores(self, part: np.ndarray, top_beams: np.ndarray) -> np.ndarray:
-        """`propose`'s token scores part -> each candidate's scores so far [keep, generated + 1,
-        1 + 2 * top_n]."""
-        keep, n, beams = self.keep, self.top_n, self.params.num_beams
-        values = part[keep : keep + beams * n].reshape(beams, n)[top_beams]
-        ids = part[keep + beams * n :].reshape(beams, n)[top_beams]
-        new = np.concatenate([part[:keep, None], values, ids], axis=1)[:, None]
-        return np.concatenate([self.scores[top_beams], new], axis=1)
 
     def results(self) -> list[list[int]]:
         """The best num_return_sequences finished hypotheses, start token first."""
