@@ -53,9 +53,9 @@ def global_slots(is_global: torch.Tensor) -> GlobalSlots:
 
 
 def query_block(window: int) -> int:
-    """Queries per block: a block of b queries scores the 2 * window + b keys around it, of which
-    each query needs 2 * window + 1, so smaller blocks waste less; they also copy each key into
-    more blocks. `window // BLOCKS_PER_WINDOW` when that divides the window, else the window."""
+    """Queries per block: a block of b queries scores the 2 * window + b keys around it (fewer in
+    a short input), of which each query needs 2 * window + 1, so smaller blocks waste less; they
+    also copy each key into more blocks. `window // BLOCKS_PER_WINDOW` when that divides the window, else the window."""
     return window // BLOCKS_PER_WINDOW if window % BLOCKS_PER_WINDOW == 0 else window
 
 
@@ -112,21 +112,23 @@ class _FusedAttention(torch.autograd.Function):
 class LocalBlocks:
     """The local part's layout for one window; computed once per encoder call and window, shared
     by the layers with that window. Queries are cut into blocks of b = `query_block(window)`;
-    each block attends to the G + 1 global slots, then to the 2 * window + b positions around it.
+    each block attends to the G + 1 global slots, then to K consecutive positions that hold every
+    key its queries may see: K = min(2 * window + b, padded length), so that an input shorter
+    than the window scores its own length, not 2 * window + b mostly masked keys.
     """
 
     window: int
     block: int
     pad_end: int  # queries padded to a multiple of block
-    key_index: torch.Tensor  # [n_blocks, G + 1 + 2w + b] int64: each block's keys in key_source()
-    bias: torch.Tensor  # [batch * n_blocks, 1, b, G + 1 + 2w + b]: 0 or MASKED
+    key_index: torch.Tensor  # [n_blocks, G + 1 + K] int64: each block's keys in key_source()
+    bias: torch.Tensor  # [batch * n_blocks, 1, b, G + 1 + K]: 0 or MASKED
 
     def key_source(self, x: torch.Tensor, slots: GlobalSlots) -> torch.Tensor:
-        """[batch, seq, d] -> [batch, window + seq + window + pad_end + G + 1, d]: zeros around
-        the sequence, then the rows of the global slots, so that one gather builds every block's
-        keys (key_index)."""
+        """[batch, seq, d] -> [batch, seq + pad_end + G + 1, d]: the sequence, zeros to a
+        multiple of the block, then the rows of the global slots, so that one gather builds
+        every block's keys (key_index)."""
         index = slots.positions[..., None].expand(-1, -1, x.shape[-1])  # [batch, G + 1, d]
-        padded = nn.functional.pad(x, (0, 0, self.window, self.window + self.pad_end))
+        padded = nn.functional.pad(x, (0, 0, 0, self.pad_end))
         return torch.cat([padded, x.gather(1, index)], dim=1)
 
 
@@ -138,27 +140,32 @@ def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> L
     seq_len = is_pad.shape[1]
     pad_end = (block - seq_len % block) % block
     device = is_pad.device
-    # Index into key_source: block j's local keys start at j * block; the global slots follow
-    # the padded sequence. Sizes come from tensors (arange), so the graph serves any length.
-    starts = torch.arange(0, seq_len + pad_end, block, device=device)  # [n_blocks]
-    local = starts[:, None] + torch.arange(2 * window + block, device=device)  # [n, 2w + b]
-    first_slot = seq_len + pad_end + 2 * window
+    # Sizes come from tensors (arange, slices), so the graph serves any length. Block j holds
+    # queries j * b .. j * b + b - 1, which may see positions j * b - w .. j * b + b - 1 + w:
+    # its K keys start there, moved inside 0 .. padded length - 1 at either end, where they
+    # still cover every position that exists.
+    padded = torch.arange(seq_len + pad_end, device=device)  # [Lp]
+    starts = padded[::block]  # [n_blocks]: each block's first query
+    span = torch.arange(2 * window + block, device=device)[: seq_len + pad_end]  # [K]
+    last = padded[-1:] - span[-1:]  # [1]: the last start whose K keys fit
+    first_key = torch.minimum((starts - window).clamp(min=0), last)  # [n_blocks]
+    local = first_key[:, None] + span  # [n, K]: positions
     slot = torch.arange(slots.positions.shape[1], device=device)  # [G + 1]
-    key_index = torch.cat([first_slot + slot + starts[:, None] * 0, local], dim=1)  # [n, keys]
+    # Global slots follow the padded sequence in key_source.
+    key_index = torch.cat([seq_len + pad_end + slot + local[:, :1] * 0, local], dim=1)
 
     # Which keys exist, laid out like key_source: a position that is neither padding nor global
-    # (nor outside the sequence), then each global slot that holds a global token.
-    allowed = nn.functional.pad((~(is_pad | is_global)).to(torch.uint8), (window, window + pad_end))
+    # (nor beyond the sequence), then each global slot that holds a global token.
+    allowed = nn.functional.pad((~(is_pad | is_global)).to(torch.uint8), (0, pad_end))
     allowed = torch.cat([allowed, slots.valid.to(torch.uint8)], dim=1).bool()
-    key_ok = allowed[:, key_index]  # [batch, n_blocks, G + 1 + 2w + b]
-    q = torch.arange(block, device=device)[:, None]
-    k = torch.arange(2 * window + block, device=device)[None, :]
-    in_band = (k - window - q).abs() <= window  # [block, 2w + block]
+    key_ok = allowed[:, key_index]  # [batch, n_blocks, G + 1 + K]
+    query = starts[:, None] + torch.arange(block, device=device)  # [n, b]: positions
+    in_band = (local[:, None, :] - query[:, :, None]).abs() <= window  # [n, b, K]
     # Every query sees every slot. Broadcast against tensors' values, not to a size: the tracer
     # freezes sizes (expand) and export folds data-free tensors (ones_like) into constants of
     # the traced shape.
-    any_slot = (slot[None, :] >= 0) & (q >= 0)  # [block, G + 1]
-    ok = key_ok[:, :, None, :] & torch.cat([any_slot, in_band], dim=1)  # [b, n, block, keys]
+    any_slot = (slot[None, None, :] >= 0) & (query[:, :, None] >= 0)  # [n, b, G + 1]
+    ok = key_ok[:, :, None, :] & torch.cat([any_slot, in_band], dim=2)  # [batch, n, b, keys]
     ok = ok.flatten(0, 1)[:, None]
     zero = torch.zeros((), dtype=dtype, device=device)
     bias = torch.where(ok, zero, torch.tensor(MASKED, dtype=dtype, device=device))
@@ -193,7 +200,7 @@ def longformer_self_attention(
     keys, values = [
         blocks.key_source(x, slots)[:, blocks.key_index].flatten(0, 1)
         for x in (attn.key(hidden), attn.value(hidden))
-    ]  # [batch * n_blocks, G + 1 + 2w + block, d_model]
+    ]  # [batch * n_blocks, G + 1 + K, d_model]
     local_out = multi_head_attention(q_blocks.flatten(0, 1), keys, values, blocks.bias, heads)
     local_out = local_out.reshape(batch, -1, d_model)[:, :seq_len]  # [batch, seq, d_model]
 

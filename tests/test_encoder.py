@@ -92,19 +92,36 @@ def test_local_attention_is_one_fused_node_per_layer(checkpoint, exported, dtype
 
 def test_query_blocks_and_their_keys():
     assert [query_block(w) for w in (6, 2, 3, 5, 512)] == [3, 1, 3, 5, 256]
-    x = torch.arange(10)[None, :, None]  # [1, seq, 1]
-    is_global = torch.zeros(1, 10, dtype=torch.bool)
+    x = torch.arange(16)[None, :, None]  # [1, seq, 1]
+    is_global = torch.zeros(1, 16, dtype=torch.bool)
     is_global[0, 7] = True
     slots = global_slots(is_global)
-    layout = local_blocks(torch.zeros(1, 10, dtype=torch.bool), is_global, slots, 4, torch.float32)
+    layout = local_blocks(torch.zeros(1, 16, dtype=torch.bool), is_global, slots, 4, torch.float32)
     assert layout.block == 2
-    blocks = layout.key_source(x + 1, slots)[:, layout.key_index]  # 0 marks "outside"
-    assert blocks.shape == (1, 5, 2 + 10, 1)  # G + 1 = 2 global slots, then 2w + b keys
-    assert blocks[0, :, :2, 0].tolist() == [[8, 1]] * 5  # position 7, then the empty slot
-    assert blocks[0, 0, 2:, 0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]  # positions -4 .. 5
-    assert blocks[0, 4, 2:, 0].tolist() == [5, 6, 7, 8, 9, 10, 0, 0, 0, 0]  # positions 4 .. 13
+    blocks = layout.key_source(x + 1, slots)[:, layout.key_index]  # value: position + 1
+    assert blocks.shape == (1, 8, 2 + 10, 1)  # G + 1 = 2 global slots, then 2w + b keys
+    assert blocks[0, :, :2, 0].tolist() == [[8, 1]] * 8  # position 7, then the empty slot
+    # Block j's keys start at 2j - 4, moved inside 0 .. 15 at the ends.
+    firsts = [0, 0, 0, 2, 4, 6, 6, 6]
+    for j, first in enumerate(firsts):
+        assert blocks[0, j, 2:, 0].tolist() == list(range(first + 1, first + 11)), j
     allowed = layout.bias[:, 0] == 0  # [n_blocks, b, keys]
     assert allowed[:, :, 0].all() and not allowed[:, :, 1].any()  # the global token; empty slot
-    assert not any(allowed[j, :, 2 + 11 - 2 * j].any() for j in range(1, 5))  # 7: not local
-    assert not allowed[0, 0, 2:6].any()  # positions -4 .. -1 do not exist
-    assert not allowed[0, 0, 2 + 9] and allowed[0, 1, 2 + 9]  # position 5: 5 away, then 4
+    for j, first in enumerate(firsts):
+        for i in range(2):
+            query = 2 * j + i
+            seen = {first + k for k in range(10) if allowed[j, i, 2 + k]}
+            assert seen == {p for p in range(16) if abs(p - query) <= 4 and p != 7}, (j, i)
+
+
+def test_short_input_scores_only_its_own_keys():
+    """An input shorter than 2w + b: every block's keys are the (padded) input, once."""
+    is_pad = torch.tensor([[0, 0, 0, 0, 0], [0, 0, 0, 1, 1]], dtype=torch.bool)
+    is_global = torch.zeros(2, 5, dtype=torch.bool)
+    slots = global_slots(is_global)
+    layout = local_blocks(is_pad, is_global, slots, 6, torch.float32)
+    assert layout.block == 3 and layout.pad_end == 1
+    assert layout.key_index[:, 1:].tolist() == [[0, 1, 2, 3, 4, 5]] * 2  # after the empty slot
+    allowed = (layout.bias[:, 0] == 0)[:, :, 1:].reshape(2, 2, 3, 6)  # [batch, n, b, keys]
+    assert allowed[0, :, :, :5].all() and not allowed[..., 5].any()  # position 5: beyond
+    assert not allowed[1, :, :, 3:].any() and allowed[1, :, :, :3].all()  # padding
