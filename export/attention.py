@@ -55,7 +55,8 @@ def global_slots(is_global: torch.Tensor) -> GlobalSlots:
 def query_block(window: int) -> int:
     """Queries per block: a block of b queries scores the 2 * window + b keys around it (fewer in
     a short input), of which each query needs 2 * window + 1, so smaller blocks waste less; they
-    also copy each key into more blocks. `window // BLOCKS_PER_WINDOW` when that divides the window, else the window."""
+    also copy each key into more blocks. `window // BLOCKS_PER_WINDOW` when that divides the
+    window, else the window."""
     return window // BLOCKS_PER_WINDOW if window % BLOCKS_PER_WINDOW == 0 else window
 
 
