@@ -160,11 +160,16 @@ def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> L
     allowed = nn.functional.pad((~(is_pad | is_global)).to(torch.uint8), (0, pad_end))
     allowed = torch.cat([allowed, slots.valid.to(torch.uint8)], dim=1).bool()
     key_ok = allowed[:, key_index]  # [batch, n_blocks, G + 1 + K]
-    query = starts[:, None] + torch.arange(block, device=device)  # [n, b]: positions
-    in_band = (local[:, None, :] - query[:, :, None]).abs() <= window  # [n, b, K]
+    # Query i of block j and its key k are (first_key - start)[j] + k - i positions apart; the
+    # band is compared per block against a [b, K] table, so no [n, b, K] integer tensor exists
+    # (at 16k tokens it would take 168 MB).
+    offset = span[None, :] - torch.arange(block, device=device)[:, None]  # [b, K]: k - i
+    shift = (first_key - starts)[:, None, None]  # [n, 1, 1]
+    in_band = (offset >= -window - shift) & (offset <= window - shift)  # [n, b, K]
     # Every query sees every slot. Broadcast against tensors' values, not to a size: the tracer
     # freezes sizes (expand) and export folds data-free tensors (ones_like) into constants of
     # the traced shape.
+    query = starts[:, None] + torch.arange(block, device=device)  # [n, b]: positions
     any_slot = (slot[None, None, :] >= 0) & (query[:, :, None] >= 0)  # [n, b, G + 1]
     ok = key_ok[:, :, None, :] & torch.cat([any_slot, in_band], dim=2)  # [batch, n, b, keys]
     ok = ok.flatten(0, 1)[:, None]
