@@ -12,19 +12,37 @@ import time
 
 import torch
 
+# The instruction sets that decide which int8 GEMM kernel ONNX Runtime runs on x86: with VNNI a
+# u8 x s8 product accumulates in one instruction; on AVX2 alone it takes two (and may saturate),
+# so int8 ratios measured on one machine do not carry over to the other.
+INT8_ISA = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def cpuinfo(path: str = "/proc/cpuinfo") -> tuple[str, list[str]]:
+    """The CPU's model name and which of INT8_ISA it reports (Linux; elsewhere what is known)."""
+    cpu, flags = platform.processor(), set()
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    cpu = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+                    break
+    except OSError:
+        pass
+    return cpu, [isa for isa in INT8_ISA if isa in flags]
+
 
 def describe(device: str) -> dict:
     import onnxruntime
     import transformers
 
-    cpu = platform.processor()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
+    cpu, isa = cpuinfo()
     info = {
         "cpu": cpu,
+        "cpu_isa": isa,
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),

@@ -13,6 +13,7 @@ def markdown(r: dict) -> str:
     rates = r["rates"]["fp32"]
     lines = [
         f"Machine: {m['cpu']} ({m['cpu_count']} cores, {m['memory_gib']} GiB)"
+        + (f", {' '.join(m['cpu_isa']) or 'no AVX2'}" if "cpu_isa" in m else "")
         + (f", {m['gpu']}" if "gpu" in m else "")
         + f"; device {m['device']}; torch {m['torch']}, onnxruntime {m['onnxruntime']}"
         + f"; torch threads {m.get('torch_threads', '?')}, THP_MEM_ALLOC_ENABLE="

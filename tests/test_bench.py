@@ -3,7 +3,7 @@ benchmarks never run as tests)."""
 
 import json
 
-from ledserve.benchmarks import loop
+from ledserve.benchmarks import loop, machine
 from ledserve.cli import main as ledserve
 from ledserve.demo.tiny import build_random_led
 
@@ -39,6 +39,20 @@ def test_quick_benchmark_writes_results(tmp_path):
     assert "decode loop's own cost" in table and "bare ONNX Runtime calls:" in table
     assert (out / "latency_vs_length.png").stat().st_size > 0
     assert (out / "throughput_vs_concurrency.png").stat().st_size > 0
+
+
+def test_machine_names_the_int8_instruction_sets(tmp_path):
+    """Which int8 GEMM kernel ONNX Runtime can use is part of every benchmark's machine."""
+    info = tmp_path / "cpuinfo"
+    info.write_text(
+        "processor\t: 0\nmodel name\t: AMD EPYC 9R14\n"
+        "flags\t\t: fpu sse2 avx2 avx512f avx512bw avx512_vnni sha_ni\n\n"
+        "processor\t: 1\nmodel name\t: AMD EPYC 9R14\nflags\t\t: fpu\n"
+    )
+    assert machine.cpuinfo(str(info)) == ("AMD EPYC 9R14", ["avx2", "avx512f", "avx512_vnni"])
+    info.write_text("model name\t: Old\nflags\t\t: fpu sse2 avx\n")
+    assert machine.cpuinfo(str(info)) == ("Old", [])
+    assert set(machine.describe("cpu")["cpu_isa"]) <= set(machine.INT8_ISA)
 
 
 def test_loop_cost_benchmark_runs(exported):
