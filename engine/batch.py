@@ -7,8 +7,6 @@ slot per request) and the row -> request indices the decoder graph takes. All of
 when requests join (appended) or leave, never every step.
 """
 
-import itertools
-
 import numpy as np
 import torch
 
@@ -32,11 +30,7 @@ class DecodeBatch:
         if [r.id for r in members] == [r.id for r in self.requests]:
             return
         staying = {r.id for r in members}
-        kept, start = [], 0
-        for r in self.requests:
-            if r.id in staying:
-                kept.append(np.arange(start, start + r.rows))
-            start += r.rows
+        kept = [np.arange(rows.start, rows.stop) for r, rows in self.row_spans() if r.id in staying]
         joining = members[len(kept) :]
         if [r.id for r in members[: len(kept)]] != [r.id for r in self.requests if r.id in staying]:
             raise RuntimeError("the decode batch's requests changed order; they join at its end")
@@ -51,25 +45,30 @@ class DecodeBatch:
         self.requests = list(members)
         self._index(self.cross.update(self.requests))
 
+    def row_spans(self) -> list[tuple[Request, slice]]:
+        """Each request with its rows of the cache, in request order."""
+        spans, start = [], 0
+        for r in self.requests:
+            spans.append((r, slice(start, start + r.rows)))
+            start += r.rows
+        return spans
+
     def split(self) -> list[KVCache]:
         """Each request's rows of the cache, in request order: for requests that ran apart and
         join another batch."""
         if len(self.requests) == 1:
             return [self.cache]
-        bounds = np.cumsum([0] + [r.rows for r in self.requests])
-        return [self.cache.select(np.arange(a, b)) for a, b in itertools.pairwise(bounds)]
+        return [self.cache.select(np.arange(rows.start, rows.stop)) for _, rows in self.row_spans()]
 
     def _index(self, slots: list[int]):
         """The decoder's request_rows and row_slots for requests in `slots`."""
         width = max(r.rows for r in self.requests)
         request_rows = np.zeros((self.cross.end, width), np.int64)  # a free slot reads row 0
         row_slots = np.zeros(sum(r.rows for r in self.requests), np.int64)
-        start = 0
-        for r, slot in zip(self.requests, slots, strict=True):
-            rows = np.arange(start, start + r.rows)
+        for (r, span), slot in zip(self.row_spans(), slots, strict=True):
+            rows = np.arange(span.start, span.stop)
             request_rows[slot] = np.resize(rows, width)  # a narrower request repeats its rows
             row_slots[rows] = slot * width + np.arange(r.rows)
-            start += r.rows
         self.request_rows = torch.from_numpy(request_rows).to(self.device)
         self.row_slots = torch.from_numpy(row_slots).to(self.device)
 

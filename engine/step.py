@@ -40,10 +40,7 @@ def step_batch(runtime: Runtime, batch: DecodeBatch, pad_token_id: int,
 
     logits, present = beside(run) if beside else run()
     picks, beams = [], []  # (request, its rows): greedy and sampling; beam search
-    start = 0
-    for r in batch.requests:
-        rows = slice(start, start + r.rows)
-        start += r.rows
+    for r, rows in batch.row_spans():
         (picks if isinstance(r.search, TokenSearch) else beams).append((r, rows))
     # [rows + verified draft positions, vocab]: each row's first position, then the drafts'
     logits, verified = step.scores(logits, picks)

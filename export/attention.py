@@ -147,6 +147,7 @@ def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> L
     # still cover every position that exists.
     padded = torch.arange(seq_len + pad_end, device=device)  # [Lp]
     starts = padded[::block]  # [n_blocks]: each block's first query
+    within = torch.arange(block, device=device)  # [b]: a query's place in its block
     span = torch.arange(2 * window + block, device=device)[: seq_len + pad_end]  # [K]
     last = padded[-1:] - span[-1:]  # [1]: the last start whose K keys fit
     first_key = torch.minimum((starts - window).clamp(min=0), last)  # [n_blocks]
@@ -163,13 +164,13 @@ def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> L
     # Query i of block j and its key k are (first_key - start)[j] + k - i positions apart; the
     # band is compared per block against a [b, K] table, so no [n, b, K] integer tensor exists
     # (at 16k tokens it would take 168 MB).
-    offset = span[None, :] - torch.arange(block, device=device)[:, None]  # [b, K]: k - i
+    offset = span[None, :] - within[:, None]  # [b, K]: k - i
     shift = (first_key - starts)[:, None, None]  # [n, 1, 1]
     in_band = (offset >= -window - shift) & (offset <= window - shift)  # [n, b, K]
     # Every query sees every slot. Broadcast against tensors' values, not to a size: the tracer
     # freezes sizes (expand) and export folds data-free tensors (ones_like) into constants of
     # the traced shape.
-    query = starts[:, None] + torch.arange(block, device=device)  # [n, b]: positions
+    query = starts[:, None] + within  # [n, b]: positions
     any_slot = (slot[None, None, :] >= 0) & (query[:, :, None] >= 0)  # [n, b, G + 1]
     ok = key_ok[:, :, None, :] & torch.cat([any_slot, in_band], dim=2)  # [batch, n, b, keys]
     ok = ok.flatten(0, 1)[:, None]
