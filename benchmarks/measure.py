@@ -3,6 +3,7 @@ engine in-process, and the engine behind the gRPC server with concurrent streami
 Both sides generate exactly `new_tokens` tokens (EOS suppressed with min_new_tokens); one
 warm-up run is excluded and medians of repeats are reported."""
 
+import contextlib
 import json
 import statistics
 import threading
@@ -162,11 +163,13 @@ def decode_profile(side: InProcess, ids, glob, new_tokens: int) -> dict:
 
 def serve_throughput(
     artifacts, device: str, vocab: int, length: int, new_tokens: int, beams: int,
-    concurrency: list[int], per_client: int, **engine_options,
+    concurrency: list[int], per_client: int, direct: bool = False, **engine_options,
 ) -> list[dict]:  # fmt: skip
     """The engine behind a real gRPC server on a loopback port; `c` clients each stream
-    `per_client` requests back to back (pre-tokenized inputs of `length` tokens)."""
-    from ledserve.engine.engine import EngineConfig
+    `per_client` requests back to back (pre-tokenized inputs of `length` tokens). `direct`: the
+    same clients submit to the engine in this process instead (no gRPC, no server): the
+    difference is the server's own cost."""
+    from ledserve.engine.engine import Engine, EngineConfig
     from ledserve.server.app import BackgroundServer, ServerConfig
     from ledserve.server.client import Client
 
@@ -177,34 +180,46 @@ def serve_throughput(
         max_encoder_tokens=most * length,
         **engine_options,
     )
-    server = BackgroundServer(
-        ServerConfig(artifacts=artifacts, port=0, device=device, engine=config,
-                     verify_artifacts=False)
-    )  # fmt: skip
-    target = f"127.0.0.1:{server.port}"
+    if direct:  # loaded and warmed up as the server does it
+        engine = server = Engine.from_artifacts(artifacts, device, False, **vars(config))
+        engine.start()
+        engine.answer("warm up?", "warm up.", max_new_tokens=1)
+    else:
+        server = BackgroundServer(
+            ServerConfig(artifacts=artifacts, port=0, device=device, engine=config,
+                         verify_artifacts=False)
+        )  # fmt: skip
+        engine, target = server.engine, f"127.0.0.1:{server.port}"
+    params = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams)
+
+    def streamed(worker, k, client) -> tuple[float, float, int]:
+        """(first token s, total s, tokens) of one request."""
+        ids, glob = make_input(vocab, length, seed=1000 * worker + k)
+        start, first, tokens = time.perf_counter(), None, 0
+        if direct:
+            request = engine.submit(ids, glob, **params)
+            while not (event := request.events.get()).finished:
+                if first is None and event.tokens:
+                    first = time.perf_counter() - start
+            tokens = len(event.results[0]) - 1
+        else:
+            for chunk in client.stream(input_ids=ids, global_attention_mask=glob, **params):
+                if first is None and chunk.token_ids:
+                    first = time.perf_counter() - start
+            tokens = chunk.summary.usage.generated_tokens
+        return first, time.perf_counter() - start, tokens
+
     results = []
     try:
         for c in concurrency:
             barrier = threading.Barrier(c)
 
             def client(worker, barrier=barrier):
-                out = []
-                with Client(target) as cl:
+                with contextlib.nullcontext() if direct else Client(target) as cl:
                     barrier.wait()
-                    for k in range(per_client):
-                        ids, glob = make_input(vocab, length, seed=1000 * worker + k)
-                        start, first = time.perf_counter(), None
-                        for chunk in cl.stream(
-                            input_ids=ids, global_attention_mask=glob, max_new_tokens=new_tokens,
-                            min_new_tokens=new_tokens, num_beams=beams,
-                        ):  # fmt: skip
-                            if first is None and chunk.token_ids:
-                                first = time.perf_counter() - start
-                        out.append((first, time.perf_counter() - start,
-                                    chunk.summary.usage.generated_tokens))  # fmt: skip
-                return out
+                    return [streamed(worker, k, cl) for k in range(per_client)]
 
-            steps = server.engine.steps
+            steps = engine.steps
             start = time.perf_counter()
             with ThreadPoolExecutor(c) as pool:
                 done = [r for rs in pool.map(client, range(c)) for r in rs]
@@ -219,7 +234,7 @@ def serve_throughput(
                 "latency_p50_s": float(np.percentile([r[1] for r in done], 50)),
                 "latency_p95_s": float(np.percentile([r[1] for r in done], 95)),
                 "first_token_p50_s": float(np.percentile([r[0] for r in done], 50)),
-                "decoder_steps": server.engine.steps - steps,
+                "decoder_steps": engine.steps - steps,
             })  # fmt: skip
     finally:
         server.stop()

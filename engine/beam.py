@@ -68,7 +68,7 @@ class BeamSearch(Search):
         top = proposal[self.keep : 2 * self.keep].astype(np.int64)
         top_beams, top_tokens = top // vocab, top % vocab
         candidates = np.concatenate([self.sequences[top_beams], top_tokens[:, None]], axis=1)
-        hits = np.isin(top_tokens, self.eos) | (cur_len + 1 >= self.max_length)
+        hits = (top_tokens[..., None] == self.eos).any(axis=-1) | (cur_len + 1 >= self.max_length)
         if self.stops is not None:  # a stop string ends a hypothesis as EOS does
             hits |= np.array(
                 [not h and self.stops.hit(c) for h, c in zip(hits, candidates, strict=True)], bool

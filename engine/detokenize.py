@@ -9,12 +9,18 @@ text ends with the replacement character, so no broken character is ever emitted
 cleans up tokenization spaces (" ." -> "."; patterns of at most four characters, each starting
 with a space) gets the clean-up applied to the raw text piecewise, cut only where no pattern can
 span the cut, so the result is the tokenizer's own decode.
+
+A fast tokenizer's windows are decoded by its `tokenizers` backend directly: what its `decode`
+does without the clean-up, without the Python wrapping that cost several times the decode
+itself at every streamed token.
 """
 
 
 class Detokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
+        fast = getattr(tokenizer, "is_fast", False) is True
+        self.backend = tokenizer.backend_tokenizer if fast else None
         self.cleanup = getattr(tokenizer, "clean_up_tokenization_spaces", False) is True
         self.tokens: list[int] = []
         self.prefix = 0  # first token of the decoded window
@@ -22,6 +28,8 @@ class Detokenizer:
         self.pending = ""  # raw text held back from the clean-up
 
     def _decode(self, tokens: list[int]) -> str:
+        if self.backend is not None:
+            return self.backend.decode(tokens, skip_special_tokens=True)
         return self.tokenizer.decode(
             tokens, skip_special_tokens=True, clean_up_tokenization_spaces=False
         )

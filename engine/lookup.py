@@ -43,12 +43,10 @@ class _Position:
     request's, then the drafts before this position."""
 
     wants_scores = False  # prompt lookup is refused with output_scores
+    diagnostics = False  # no decision margins noted at drafted positions
 
     def __init__(self, search, sequence: np.ndarray):
         self.params, self.chain, self.sequences = search.params, search.chain, sequence
-
-    def note_margins(self, scores):
-        pass
 
 
 @dataclass(eq=False)

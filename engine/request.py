@@ -139,15 +139,12 @@ class Request:
     def settled_prefix(self) -> list[int]:
         """Tokens (after the start token) that every possible result begins with."""
         search = self.search
-        if isinstance(search, BeamSearch):
-            candidates = [list(s) for s in search.sequences]
-            candidates += [
-                s
-                for s, done in zip(search.finished_sequences, search.is_finished, strict=True)
-                if done
-            ]
-        else:
-            candidates = [search.results()[0]]
+        if not isinstance(search, BeamSearch):  # the first row's, as far as it goes
+            return search.sequences[0, 1 : search.lengths()[0]].tolist()
+        candidates = [list(s) for s in search.sequences]
+        candidates += [
+            s for s, done in zip(search.finished_sequences, search.is_finished, strict=True) if done
+        ]
         prefix = candidates[0]
         for other in candidates[1:]:
             n = 0

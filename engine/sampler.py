@@ -72,7 +72,8 @@ def choose_tokens(logits: torch.Tensor, picks: list[tuple[Request, slice]], tran
                 if r.id in offsets:
                     tokens = search.draw(probs[offsets[r.id] : offsets[r.id] + r.rows])
                 else:
-                    search.note_margins(logits[rows])
+                    if search.diagnostics:  # test diagnostics only: no slice otherwise
+                        search.note_margins(logits[rows])
                     tokens = best[rows]
                 if search.wants_scores:
                     own = token_scores(logits[rows], tokens, search.top_n)
@@ -91,10 +92,10 @@ def settle_tokens(picks: list[tuple[Request, slice]], tokens: np.ndarray, finite
     """`choose_tokens`' tokens on the host, with every row's finite-logits flag and the token
     scores of requests with output_scores (by request id, [rows, 1 + 2 * top_n]): each request
     appends its tokens and emits them, or fails (non-finite rows, or an exception)."""
-    at = 0
+    at, overflow = 0, not finite.all()
     for r, rows in picks:
         own, at = tokens[at : at + r.rows], at + r.rows
-        if not finite[rows].all():  # a graph overflow must not pass as tokens
+        if overflow and not finite[rows].all():  # a graph overflow must not pass as tokens
             r.fail(NON_FINITE)
         elif r.id in errors:
             r.fail(errors[r.id])

@@ -16,6 +16,7 @@ from ledserve.engine.extractive import ExtractParams
 from ledserve.engine.stops import StopText
 from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 from ledserve.server import convert
+from ledserve.server.events import EventSink, Mailbox
 from ledserve.server.logs import log
 from ledserve.server.metrics import Metrics
 from ledserve.server.security import client_identity
@@ -111,19 +112,6 @@ def add_to_server(service: "LedServeService", server):
     server.add_registered_method_handlers(name, handlers)
 
 
-class _EventSink:
-    """Engine thread -> event loop: `put` from the engine's thread lands in an asyncio.Queue."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop):
-        self.loop, self.queue = loop, asyncio.Queue()
-
-    def put(self, event):
-        try:
-            self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
-        except RuntimeError:  # the loop is closed: nobody listens any more
-            pass
-
-
 class LedServeService:
     def __init__(self, metrics: Metrics, tokens: dict[str, str] | None = None,
                  max_requests_per_client: int | None = None):  # fmt: skip
@@ -133,6 +121,13 @@ class LedServeService:
         self.loaded = False  # every model given is loaded: a missing one is a wrong task
         self.tokens, self.max_requests_per_client = tokens, max_requests_per_client
         self.in_flight: dict[str, int] = {}  # client identity -> its Generate / GenerateAll RPCs
+        self._events: Mailbox | None = None  # the serving loop's
+
+    def _mailbox(self) -> Mailbox:
+        loop = asyncio.get_running_loop()
+        if self._events is None or self._events.loop is not loop:
+            self._events = Mailbox(loop)
+        return self._events
 
     @contextlib.contextmanager
     def _client_slot(self, context):
@@ -271,7 +266,7 @@ class LedServeService:
             )
             ids, glob = prompt.input_ids, prompt.global_attention_mask
             truncated = prompt.truncated_context_tokens, prompt.truncated_context_characters
-        sink = _EventSink(asyncio.get_running_loop())
+        sink = EventSink(self._mailbox())
         submitted = engine.submit(ids, glob, events=sink, client=client, **params)
         log(
             "request.start",
@@ -290,7 +285,7 @@ class LedServeService:
         )
         try:
             while True:
-                event = await sink.queue.get()
+                event = await sink.get()
                 if event.error:
                     raise RequestFailed(event.failure, event.error)
                 text = held.add(detokenizer.add(event.tokens)) if event.tokens else ""

@@ -3,7 +3,7 @@ benchmarks never run as tests)."""
 
 import json
 
-from ledserve.benchmarks import loop, machine
+from ledserve.benchmarks import loop, machine, measure, serving
 from ledserve.cli import main as ledserve
 from ledserve.demo.tiny import build_random_led
 
@@ -63,3 +63,19 @@ def test_loop_cost_benchmark_runs(exported):
     assert result["all_requests_s"] > 0 and result["one_request_s"] > 0
     assert result["bare_ort_run_s"] > 0 and result["bare_ort_bound_s"] > 0
     assert result["over_bare_ort"] > 0
+
+
+def test_serving_benchmark_runs_both_sides(exported, tmp_path):
+    """benchmarks/serving.py end to end: the same streams through the server and directly on
+    the engine, each request with all its tokens (figures not asserted)."""
+    vocab = json.loads((exported["fp32"] / "config.json").read_text())["vocab_size"]
+    for direct in (False, True):
+        run = measure.serve_throughput(exported["fp32"], "cpu", vocab, 20, 5, 1, [3], 2,
+                                       direct=direct)[0]  # fmt: skip
+        assert run["requests"] == 6 and run["tokens"] == 30 and run["decoder_steps"] >= 5
+    out = tmp_path / "serving.json"
+    args = ["--artifacts", str(exported["fp32"]), "--streams", "2", "--per-client", "1",
+            "--length", "20", "--new-tokens", "4", "--rounds", "1", "--out", str(out)]  # fmt: skip
+    assert serving.main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["median_tokens_per_s"]["direct"] > 0 and result["median_server_over_direct"] > 0

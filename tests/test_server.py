@@ -2,6 +2,7 @@
 (checked against transformers), concurrency, cancellation, deadlines, validation errors, limits,
 health, reflection, metrics."""
 
+import asyncio
 import re
 import threading
 import time
@@ -20,10 +21,12 @@ from transformers import LEDForConditionalGeneration
 
 from ledserve.demo.tiny import corpus
 from ledserve.engine.engine import EngineConfig
+from ledserve.engine.request import Event, TokenScore
 from ledserve.proto.ledserve.v1 import ledserve_pb2 as pb
 from ledserve.proto.ledserve.v1 import ledserve_pb2_grpc
 from ledserve.server.app import BackgroundServer, ServerConfig
 from ledserve.server.client import Client
+from ledserve.server.events import EventSink, Mailbox
 
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
 
@@ -501,3 +504,37 @@ def test_described_defaults_hold_the_new_parameters(client):
     assert defaults.max_length == defaults.max_new_tokens + 1
     assert not defaults.output_scores and defaults.top_n_tokens == 0
     assert list(defaults.stop) == [] and not defaults.HasField("exponential_decay_length_penalty")
+
+
+def test_events_reach_a_busy_loop_in_one_wake_up_and_merge():
+    """Events put by the engine's thread while the event loop is busy: one wake-up delivers them
+    all, and a stream that fell behind gets its waiting tokens (and their scores) as one event,
+    in order, with its end after them."""
+
+    async def main():
+        loop, wakeups = asyncio.get_running_loop(), []
+        schedule = loop.call_soon_threadsafe
+        loop.call_soon_threadsafe = lambda *args: (wakeups.append(args), schedule(*args))[1]
+        mailbox = Mailbox(loop)
+        first, second = EventSink(mailbox), EventSink(mailbox)
+
+        def steps():
+            for k in range(3):
+                first.put(Event(1, [10 + k], scores=[TokenScore(-k, [])]))
+                second.put(Event(2, [20 + k]))
+            first.put(Event(1, [13], finished=True, results=[[2, 10, 11, 12, 13]]))
+
+        engine = threading.Thread(target=steps)
+        engine.start()
+        engine.join()  # the loop is blocked meanwhile: nothing was delivered yet
+        assert len(wakeups) == 1
+        merged = await first.get()
+        assert merged.tokens == [10, 11, 12] and not merged.finished
+        assert [s.logprob for s in merged.scores] == [0, -1, -2]
+        end = await first.get()
+        assert end.finished and end.tokens == [13] and end.results == [[2, 10, 11, 12, 13]]
+        assert (await second.get()).tokens == [20, 21, 22]
+        second.put(Event(2, [23]))  # the next step's events wake the loop again
+        assert (await second.get()).tokens == [23] and len(wakeups) == 2
+
+    asyncio.run(main())
