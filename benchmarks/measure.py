@@ -31,6 +31,15 @@ class Trace:
     tokens: list[int] = field(default_factory=list)
 
 
+def report(summary: dict, out: str | None):
+    """Print a rounds benchmark's summary without its rounds (printed as they ran); write it all
+    to `out` (JSON) when given."""
+    print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}))
+    if out:
+        with open(out, "w") as f:
+            json.dump(summary, f, indent=1)
+
+
 def median_of(repeats: int, run, *args):
     """(median seconds, traces) of `run(*args) -> Trace`, after one warm-up run."""
     run(*args)

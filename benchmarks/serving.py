@@ -61,10 +61,7 @@ def main(argv=None) -> int:
                                 for side in ("direct", "server")},
         "median_server_over_direct": statistics.median(r["server"] / r["direct"] for r in rounds),
     }  # fmt: skip
-    print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
+    measure.report(summary, args.out)
     return 0
 
 

@@ -83,10 +83,7 @@ def main(argv=None) -> int:
         "median_ratio": {name: statistics.median(r[name] / r["transformers"] for r in rounds)
                          for name in sides},
     }  # fmt: skip
-    print(json.dumps({k: v for k, v in summary.items() if k != "rounds"}))
-    if args.out:
-        with open(args.out, "w") as f:
-            json.dump(summary, f, indent=1)
+    measure.report(summary, args.out)
     return 0
 
 
