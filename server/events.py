@@ -30,8 +30,9 @@ class Mailbox:
                 return
         try:
             self.loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:  # the loop is closed: nobody listens any more
-            pass
+        except RuntimeError:  # the loop is closed: nobody listens any more, nothing is kept
+            with self.lock:
+                self.pending.clear()
 
     def _deliver(self):
         with self.lock:

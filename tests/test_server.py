@@ -509,7 +509,7 @@ def test_described_defaults_hold_the_new_parameters(client):
 def test_events_reach_a_busy_loop_in_one_wake_up_and_merge():
     """Events put by the engine's thread while the event loop is busy: one wake-up delivers them
     all, and a stream that fell behind gets its waiting tokens (and their scores) as one event,
-    in order, with its end after them."""
+    in order, with its end after them; once the loop is closed, events are dropped."""
 
     async def main():
         loop, wakeups = asyncio.get_running_loop(), []
@@ -536,5 +536,9 @@ def test_events_reach_a_busy_loop_in_one_wake_up_and_merge():
         assert (await second.get()).tokens == [20, 21, 22]
         second.put(Event(2, [23]))  # the next step's events wake the loop again
         assert (await second.get()).tokens == [23] and len(wakeups) == 2
+        return mailbox
 
-    asyncio.run(main())
+    mailbox = asyncio.run(main())
+    for _ in range(3):  # the loop is closed now: events are dropped, neither raised nor kept
+        mailbox.put(asyncio.Queue(), Event(3, [1]))
+    assert mailbox.pending == []
