@@ -177,7 +177,8 @@ def _export_graph(graph, onnx_config, path: Path, opset: int, dtype: str) -> Gra
 
 def export_model(cfg: ExportConfig) -> Manifest:
     """Run the whole export; returns the manifest. Raises ExportError on anything user-fixable."""
-    output = Path(cfg.output).expanduser()
+    # A symbolic link names the folder it points to: that folder is replaced, the link stays.
+    output = Path(cfg.output).expanduser().resolve()
     if output.exists() and not cfg.force:
         raise ExportError(f"output folder {output} already exists; pass --force to replace it")
     hf_logging.set_verbosity_error()  # LED warns about padding on every call

@@ -89,6 +89,15 @@ def test_existing_output_needs_force(checkpoint, tmp_path):
     assert (out / "keep.txt").read_text() == "mine"
     export_model(ExportConfig(model=str(folder), output=out, force=True))
     assert (out / "encoder.onnx").exists() and not (out / "keep.txt").exists()
+    link = tmp_path / "link"  # a link to the folder: the folder is replaced, the link stays
+    link.symlink_to(out)
+    with pytest.raises(ExportError, match="already exists; pass --force"):
+        export_model(ExportConfig(model=str(folder), output=link))
+    (out / "keep.txt").write_text("old")
+    export_model(ExportConfig(model=str(folder), output=link, force=True))
+    assert link.is_symlink() and link.resolve() == out.resolve()
+    assert (out / "encoder.onnx").exists() and not (out / "keep.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link", "out"]  # no work folder left
 
 
 def test_failure_leaves_nothing_behind(checkpoint, tmp_path, monkeypatch):
