@@ -40,6 +40,9 @@ def run(args: argparse.Namespace) -> int:
     except ExportError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # the file system's refusal (no space, a file where a folder goes, ...)
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     print(summary(args.output, manifest))
     return 0
 

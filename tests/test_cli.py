@@ -79,6 +79,15 @@ def test_missing_folder_is_a_clear_error(tmp_path, capsys):
     assert "model folder not found" in capsys.readouterr().err
 
 
+def test_file_system_refusal_is_a_clear_error(checkpoint, tmp_path, capsys):
+    (tmp_path / "file").write_text("not a folder")
+    out = tmp_path / "file" / "artifacts"
+    assert ledserve(["export", "--model", str(checkpoint[0]), "--output", str(out)]) == 1
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]  # after the progress lines
+    assert last.startswith("error: ") and str(tmp_path / "file") in last and "Traceback" not in err
+
+
 def test_existing_output_needs_force(checkpoint, tmp_path):
     folder, _ = checkpoint
     out = tmp_path / "out"
