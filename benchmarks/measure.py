@@ -190,21 +190,22 @@ def serve_throughput(
         **engine_options,
     )
     if direct:  # loaded and warmed up as the server does it
-        engine = server = Engine.from_artifacts(artifacts, device, False, **vars(config))
+        engine = Engine.from_artifacts(artifacts, device, False, **vars(config))
         engine.start()
+        stop = engine.stop
         engine.answer("warm up?", "warm up.", max_new_tokens=1)
     else:
         server = BackgroundServer(
             ServerConfig(artifacts=artifacts, port=0, device=device, engine=config,
                          verify_artifacts=False)
         )  # fmt: skip
-        engine, target = server.engine, f"127.0.0.1:{server.port}"
+        engine, target, stop = server.engine, f"127.0.0.1:{server.port}", server.stop
     params = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams)
 
     def streamed(worker, k, client) -> tuple[float, float, int]:
         """(first token s, total s, tokens) of one request."""
         ids, glob = make_input(vocab, length, seed=1000 * worker + k)
-        start, first, tokens = time.perf_counter(), None, 0
+        start, first = time.perf_counter(), None
         if direct:
             request = engine.submit(ids, glob, **params)
             while not (event := request.events.get()).finished:
@@ -246,5 +247,5 @@ def serve_throughput(
                 "decoder_steps": engine.steps - steps,
             })  # fmt: skip
     finally:
-        server.stop()
+        stop()
     return results
