@@ -12,8 +12,8 @@ import torch
 from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.errors import ArtifactError
 from ledserve.engine.kv_cache import KVCache
+from ledserve.providers import PROVIDERS, provider_name
 
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}
 NUMPY_TYPE = {torch.float32: np.float32, torch.float16: np.float16, torch.int64: np.int64}
 
 
@@ -46,13 +46,12 @@ def session_options(profile: str | None = None) -> ort.SessionOptions:
 def open_session(path, device: str, options: ort.SessionOptions) -> ort.InferenceSession:
     """A session on the device's provider; one that does not start is an ArtifactError, never a
     silent fallback to another provider."""
-    providers = PROVIDERS[device]
     try:
-        session = ort.InferenceSession(str(path), options, providers=providers)
+        session = ort.InferenceSession(str(path), options, providers=PROVIDERS[device])
     except Exception as e:  # onnxruntime raises its own exception types
         raise ArtifactError(f"onnxruntime could not load {path}: {e}") from e
-    if session.get_providers()[0] != providers[0]:
-        raise ArtifactError(f"{providers[0]} did not start for {path}")
+    if session.get_providers()[0] != provider_name(device):
+        raise ArtifactError(f"{provider_name(device)} did not start for {path}")
     return session
 
 

@@ -10,11 +10,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-# Masked scores are replaced by (torch.where) or added to (local_blocks) this constant. In fp32 a
-# score plus it stays finite and its exp() is exactly 0. fp16 conversion clamps it to -65504 and a
-# sum may become -inf: still exp() 0; a row with every key masked (only padding queries, whose
-# output is replaced by zeros) may then be NaN, which the replacing torch.where drops.
-MASKED = torch.finfo(torch.float32).min
+from ledserve.export.fused import MASKED, merge_heads, multi_head_attention, split_heads
+
 # Query blocks per attention window (see query_block). On the LED-base shape at 2048 tokens (CPU):
 # 2 beat 1 (which scores a third more keys than needed); 4 and 8 were no faster.
 BLOCKS_PER_WINDOW = 2
@@ -58,55 +55,6 @@ def query_block(window: int) -> int:
     also copy each key into more blocks. `window // BLOCKS_PER_WINDOW` when that divides the
     window, else the window."""
     return window // BLOCKS_PER_WINDOW if window % BLOCKS_PER_WINDOW == 0 else window
-
-
-def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """[batch, seq, heads * head_dim] -> [batch, heads, seq, head_dim]"""
-    return x.unflatten(-1, (num_heads, head_dim)).transpose(1, 2)
-
-
-def merge_heads(x: torch.Tensor) -> torch.Tensor:
-    """[batch, heads, seq, head_dim] -> [batch, seq, heads * head_dim]"""
-    return x.transpose(1, 2).flatten(2)
-
-
-def multi_head_attention(q, k, v, bias, num_heads: int) -> torch.Tensor:
-    """Attention with an additive bias: q [batch, q_len, heads * head_dim] (already scaled),
-    k, v [batch, k_len, heads * head_dim], bias [batch, 1, q_len, k_len] -> like q.
-
-    In torch (tests, training) the plain, differentiable formula; in an ONNX export one
-    `com.microsoft.MultiHeadAttention` node, whose CPU and CUDA kernels take scores, bias,
-    softmax and the value product in one pass per (row, head) instead of five graph-level passes
-    over the score tensor."""
-    if torch.onnx.is_in_onnx_export():
-        return _FusedAttention.apply(q, k, v, bias, num_heads)
-    return _formula(q, k, v, bias, num_heads)
-
-
-def _formula(q, k, v, bias, num_heads: int) -> torch.Tensor:
-    head_dim = q.shape[-1] // num_heads
-    q, k, v = (split_heads(x, num_heads, head_dim) for x in (q, k, v))
-    probs = (q @ k.transpose(-1, -2) + bias).softmax(dim=-1, dtype=torch.float32)
-    return merge_heads(probs.to(q.dtype) @ v)
-
-
-class _FusedAttention(torch.autograd.Function):
-    """`multi_head_attention` as ONNX Runtime's contrib op when exported (no backward)."""
-
-    @staticmethod
-    def forward(ctx, q, k, v, bias, num_heads: int):
-        return _formula(q, k, v, bias, num_heads)
-
-    @staticmethod
-    def symbolic(g, q, k, v, bias, num_heads: int):
-        # Inputs 3 (packed QKV bias) and 4 (key padding mask) are absent: empty names.
-        none = g.op("prim::Constant").setType(torch._C.OptionalType.ofTensor())
-        return g.op(
-            "com.microsoft::MultiHeadAttention",
-            *(q, k, v, none, none, bias),
-            num_heads_i=num_heads,
-            scale_f=1.0,
-        )
 
 
 @dataclass

@@ -13,14 +13,8 @@ from optimum.exporters.onnx import OnnxConfig
 from optimum.utils import NormalizedSeq2SeqConfig
 from torch import nn
 
-from ledserve.export.attention import (
-    MASKED,
-    global_slots,
-    local_blocks,
-    longformer_self_attention,
-    merge_heads,
-    split_heads,
-)
+from ledserve.export.attention import global_slots, local_blocks, longformer_self_attention
+from ledserve.export.fused import MASKED, cached_attention, multi_head_attention, split_heads
 
 # Tensor-name templates, written to the manifest; the engine reads them from there.
 PAST_KEY, PAST_VALUE = "past_key_values.{layer}.key", "past_key_values.{layer}.value"
@@ -126,35 +120,39 @@ class DecoderGraph(nn.Module):
         hidden = embeds + decoder.embed_positions.weight[positions]
         hidden = decoder.layernorm_embedding(hidden)  # [batch, new, d_model]
 
-        # Token t may see every valid cache slot and the new tokens up to itself.
+        # Token t may see every valid cache slot and the new tokens up to itself; a request's
+        # rows see its valid encoder positions. Additive biases, computed once for all layers.
+        requests, width = request_rows.shape
         total = attention_mask.shape[1]
         key_pos = torch.arange(total, device=input_ids.device)
         query_pos = key_pos[-new:]
         self_ok = valid[:, None, None, :] & (key_pos[None, :] <= query_pos[:, None])
-        cross_ok = (encoder_attention_mask != 0)[:, None, None, :]  # [requests, 1, 1, enc_seq]
+        queries = torch.arange(width * new, device=input_ids.device)  # a slot's query rows
+        cross_ok = (encoder_attention_mask != 0)[:, None, None, :] & (queries[:, None] >= 0)
+        zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+        masked = torch.tensor(MASKED, dtype=hidden.dtype, device=hidden.device)
+        self_bias = torch.where(self_ok, zero, masked)  # [batch, 1, new, past + new]
+        cross_bias = torch.where(cross_ok, zero, masked)  # [requests, 1, width * new, enc_seq]
 
         present = []
         for i, layer in enumerate(decoder.layers):
             attn = layer.self_attn
-            key = torch.cat([past_key_values[2 * i], _split(attn.k_proj(hidden), attn)], dim=2)
-            value = torch.cat(
-                [past_key_values[2 * i + 1], _split(attn.v_proj(hidden), attn)], dim=2
-            )
+            query = attn.q_proj(hidden) * attn.scaling
+            out, key, value = cached_attention(
+                query, attn.k_proj(hidden), attn.v_proj(hidden), self_bias,
+                past_key_values[2 * i], past_key_values[2 * i + 1], attn.num_heads,
+            )  # fmt: skip
             present += [key, value]  # [batch, heads, past + new, head_dim]
-            query = _split(attn.q_proj(hidden) * attn.scaling, attn)
-            scores = torch.where(self_ok, query @ key.transpose(-1, -2), MASKED)
-            out = attn.out_proj(merge_heads(scores.softmax(dim=-1) @ value))
-            hidden = layer.self_attn_layer_norm(hidden + out)
+            hidden = layer.self_attn_layer_norm(hidden + attn.out_proj(out))
 
             attn = layer.encoder_attn
-            cross_key, cross_value = cross_key_values[2 * i], cross_key_values[2 * i + 1]
-            requests, width = request_rows.shape
             # [batch, new, d] -> [requests, width * new, d]: a request's rows become query rows.
             query = attn.q_proj(hidden) * attn.scaling
-            query = query.index_select(0, request_rows.flatten())
-            query = _split(query.reshape(requests, width * new, -1), attn)
-            scores = torch.where(cross_ok, query @ cross_key.transpose(-1, -2), MASKED)
-            out = merge_heads(scores.softmax(dim=-1) @ cross_value)  # [requests, width * new, d]
+            query = query.index_select(0, request_rows.flatten()).reshape(requests, width * new, -1)
+            out = multi_head_attention(
+                query, cross_key_values[2 * i], cross_key_values[2 * i + 1], cross_bias,
+                attn.num_heads,
+            )  # fmt: skip
             out = out.reshape(requests * width, new, -1).index_select(0, row_slots)
             hidden = layer.encoder_attn_layer_norm(hidden + attn.out_proj(out))
 

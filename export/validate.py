@@ -24,10 +24,10 @@ from ledserve.export.graphs import (
     PRESENT_VALUE,
 )
 from ledserve.manifest import Check, Validation
+from ledserve.providers import PROVIDERS, provider_name
 
 TOLERANCES = {"fp32": ("max_abs", 1e-4), "fp16": ("max_rel", 1e-2), "int8": ("rms_rel", 0.25)}
 DECODER_STEPS = 20
-PROVIDERS = {"cpu": ["CPUExecutionProvider"], "cuda": ["CUDAExecutionProvider"]}
 
 
 def session(path, device: str = "cpu") -> ort.InferenceSession:
@@ -37,8 +37,8 @@ def session(path, device: str = "cpu") -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
     created = ort.InferenceSession(str(path), options, providers=PROVIDERS[device])
-    if created.get_providers()[0] != PROVIDERS[device][0]:
-        raise RuntimeError(f"onnxruntime could not start {PROVIDERS[device][0]}")
+    if created.get_providers()[0] != provider_name(device):
+        raise RuntimeError(f"onnxruntime could not start {provider_name(device)}")
     return created
 
 

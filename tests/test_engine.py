@@ -5,10 +5,13 @@ import torch
 
 from ledserve.engine.engine import Engine
 
+CUDA = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")]
 
-@pytest.fixture(scope="session")
-def engine(exported):
-    return Engine.from_artifacts(exported["fp32"], device="cpu", diagnostics=True)
+
+@pytest.fixture(scope="session", params=["cpu", pytest.param("cuda", marks=CUDA)])
+def engine(exported, request):
+    """The fp32 engine on each device: on CUDA too, fp32 must give transformers' tokens."""
+    return Engine.from_artifacts(exported["fp32"], device=request.param, diagnostics=True)
 
 
 def hf_generate(model, rows, globals_, **params):
