@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ledserve.demo.synthetic import Example, approximate_tokens, examples
-from ledserve.export import attention, extractive, graphs
+from ledserve.export import attention, extractive, fused, graphs
 from ledserve.export.cli import summary
 from ledserve.export.convert import ExportConfig, export_model
 from ledserve.manifest import FORMAT_VERSION, MANIFEST
@@ -34,8 +34,9 @@ def _version(model: Path) -> str:
     """The sha256 of the shipped weights and tokenizer and of the code that builds the graphs,
     shortened: a new model, or graphs built differently, get a new cache."""
     digest = hashlib.sha256()
-    for path in (model / "model.safetensors", model / "tokenizer.json", Path(attention.__file__),
-                 Path(graphs.__file__), Path(extractive.__file__)):  # fmt: skip
+    code = (attention, fused, graphs, extractive)
+    for path in (model / "model.safetensors", model / "tokenizer.json",
+                 *(Path(m.__file__) for m in code)):  # fmt: skip
         digest.update(path.read_bytes())
     return digest.hexdigest()[:12]
 
