@@ -3,6 +3,7 @@ contract (empty cache slots, rows naming their request's cross K/V slot, several
 one step)."""
 
 import numpy as np
+import onnx
 import pytest
 
 from ledserve.export.validate import (
@@ -144,3 +145,24 @@ def test_empty_cache_slots_and_rows_naming_their_request(checkpoint, exported, r
         want, have = np.concatenate(alone[row], 1), np.concatenate(got[row], 1)
         check = compare("decoder", "logits", f"row {row}", have, want, "fp32")
         assert check.passed, check
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "int8"])
+def test_attention_is_one_fused_node_each(checkpoint, exported, dtype):
+    """Each layer's self-attention (with its past and present K/V) and cross-attention runs in
+    ONNX Runtime's MultiHeadAttention kernel; no graph-level softmax or score tensors remain,
+    and the outputs keep their static dimensions."""
+    _, model = checkpoint
+    config = model.config
+    graph = onnx.load(str(exported[dtype] / "decoder.onnx"), load_external_data=False).graph
+    fused = [
+        n for n in graph.node if (n.domain, n.op_type) == ("com.microsoft", "MultiHeadAttention")
+    ]
+    assert len(fused) == 2 * config.decoder_layers
+    assert sum(len(n.output) == 3 for n in fused) == config.decoder_layers  # past -> present
+    assert not any(n.op_type == "Softmax" for n in graph.node)
+    shapes = {o.name: [d.dim_param or d.dim_value for d in o.type.tensor_type.shape.dim]
+              for o in graph.output}  # fmt: skip
+    heads = config.decoder_attention_heads
+    assert shapes["logits"] == ["batch", "new_tokens", config.vocab_size]
+    assert shapes["present.0.key"] == ["batch", heads, "total_tokens", config.d_model // heads]
