@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ledserve.export.fused import MASKED, merge_heads, multi_head_attention, split_heads
+from ledserve.export.fused import MASKED, multi_head_attention
 
 # Query blocks per attention window (see query_block). On the LED-base shape at 2048 tokens (CPU):
 # 2 beat 1 (which scores a third more keys than needed); 4 and 8 were no faster.
@@ -159,14 +159,17 @@ def longformer_self_attention(
     local_out = multi_head_attention(q_blocks.flatten(0, 1), keys, values, blocks.bias, heads)
     local_out = local_out.reshape(batch, -1, d_model)[:, :seq_len]  # [batch, seq, d_model]
 
-    # Global queries attend to every non-padding key with the separate global projections.
+    # Global queries (the G + 1 slots) attend to every non-padding key with the separate global
+    # projections: one more fused node, its bias [batch, 1, G + 1, seq] from the padding.
     hidden_at_slots = hidden.gather(1, slots.positions[..., None].expand(-1, -1, d_model))
-    global_query = split_heads(attn.query_global(hidden_at_slots) * scale, heads, head_dim)
-    global_keys = split_heads(attn.key_global(hidden), heads, head_dim)  # [b, h, seq, hd]
-    full_scores = global_query @ global_keys.transpose(-1, -2)  # [batch, heads, G, seq]
-    full_scores = torch.where(is_pad[:, None, None, :], MASKED, full_scores)
-    full_probs = full_scores.softmax(dim=-1, dtype=torch.float32).to(hidden.dtype)
-    global_out = merge_heads(full_probs @ split_heads(attn.value_global(hidden), heads, head_dim))
+    key_ok = ~is_pad[:, None, None, :] & (slots.positions[:, None, :, None] >= 0)
+    zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
+    masked = torch.tensor(MASKED, dtype=hidden.dtype, device=hidden.device)
+    global_bias = torch.where(key_ok, zero, masked)
+    global_out = multi_head_attention(
+        attn.query_global(hidden_at_slots) * scale, attn.key_global(hidden),
+        attn.value_global(hidden), global_bias, heads,
+    )  # fmt: skip
     from_global = global_out.gather(1, slots.slot_of_position[..., None].expand(-1, -1, d_model))
 
     out = torch.where(is_global[..., None], from_global, local_out)
