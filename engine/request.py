@@ -137,10 +137,9 @@ class Request:
         return self.search.rows
 
     def settled_prefix(self) -> list[int]:
-        """Tokens (after the start token) that every possible result begins with."""
+        """Beam search: the tokens (after the start token) that every possible result begins
+        with."""
         search = self.search
-        if not isinstance(search, BeamSearch):  # the first row's, as far as it goes
-            return search.sequences[0, 1 : search.lengths()[0]].tolist()
         candidates = [list(s) for s in search.sequences]
         candidates += [
             s for s, done in zip(search.finished_sequences, search.is_finished, strict=True) if done
@@ -154,14 +153,19 @@ class Request:
         return [int(t) for t in prefix[1:]]
 
     def emit_progress(self):
-        prefix = self.settled_prefix()
-        if len(prefix) > self.emitted:
+        search = self.search
+        if isinstance(search, BeamSearch):
+            new = self.settled_prefix()[self.emitted :]
+        else:  # the first row's, as far as it goes: its new tokens, not the whole answer
+            new = search.sequences[0, 1 + self.emitted : search.lengths()[0]].tolist()
+        if new:
             self.mark("first_token")
             scores = None
-            if self.search.wants_scores:  # the prefix is every candidate's: take the first's
-                scores = TokenScore.from_rows(self.search.scores[0][self.emitted : len(prefix)])
-            self.events.put(Event(self.id, prefix[self.emitted :], scores=scores))
-            self.emitted = len(prefix)
+            if search.wants_scores:  # the prefix is every candidate's: take the first's
+                rows = search.scores[0][self.emitted : self.emitted + len(new)]
+                scores = TokenScore.from_rows(rows)
+            self.events.put(Event(self.id, new, scores=scores))
+            self.emitted += len(new)
 
     def finish_reason(self, result: list[int]) -> FinishReason:
         if len(result) > 1 and result[-1] in self.params.eos_token_id:

@@ -96,6 +96,10 @@ class TokenSearch(Search):
         """`source`: the request's input ids, where prompt lookup finds its drafts."""
         rows = params.num_return_sequences if params.do_sample else 1
         super().__init__(params, rows, diagnostics, source, stops)
+        # Rows only grow: `sequences` is a view of the first columns of a buffer with room for
+        # max_length tokens, so a step writes one column instead of copying every token.
+        self._buffer = np.empty((rows, max(self.max_length, 1)), dtype=np.int64)
+        self._buffer[:, :1] = self.sequences
         self.finished = np.zeros(rows, dtype=bool)
         self.ends = np.zeros(rows, dtype=np.int64)  # a finished row's length (its EOS or stop)
         self.source = source
@@ -144,18 +148,22 @@ class TokenSearch(Search):
     def advance(self, chosen: np.ndarray, scores: np.ndarray | None = None):
         """Append the chosen [rows] token ids (a finished row gets padding) and, with
         output_scores, their scores [rows, 1 + 2 * top_n]."""
-        was = self.finished.copy()
-        chosen = np.where(was, self.pad, chosen)
-        self.sequences = np.concatenate([self.sequences, chosen[:, None]], axis=1)
+        was = self.finished
+        if was.any():
+            chosen = np.where(was, self.pad, chosen)
+        length = self.sequences.shape[1] + 1
+        self._buffer[:, length - 1] = chosen
+        self.sequences = self._buffer[:, :length]
         if self.scores is not None:
             scores = np.where(was[:, None], np.nan, scores)
             self.scores = np.concatenate([self.scores, scores[:, None]], axis=1)
-        self.finished |= (chosen[:, None] == self.eos).any(axis=1)  # np.isin: 10x the time
+        finished = was | (chosen[:, None] == self.eos).any(axis=1)  # np.isin: 10x the time
         if self.stops is not None:
-            for row in np.flatnonzero(~self.finished):
-                self.finished[row] = self.stops.hit(self.sequences[row])
-        self.ends[self.finished & ~was] = self.sequences.shape[1]
-        self.done = bool(self.finished.all()) or self.sequences.shape[1] >= self.max_length
+            for row in np.flatnonzero(~finished):
+                finished[row] = self.stops.hit(self.sequences[row])
+        self.ends[finished & ~was] = length
+        self.finished = finished
+        self.done = bool(finished.all()) or length >= self.max_length
 
     def lengths(self) -> np.ndarray:
         """Each row's length without padding: up to its EOS or stop string."""
