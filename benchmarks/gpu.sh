@@ -6,12 +6,13 @@
 #
 #   bash benchmarks/gpu.sh pack      # here: wheels into .gpuwheels/ parts (prints the calls)
 #   bash benchmarks/gpu.sh install   # there, first working call: wheels + ledserve, checked
-#   bash benchmarks/gpu.sh test      # there: pytest -m gpu, then the whole suite
+#   bash benchmarks/gpu.sh test      # there: pytest -m gpu (the CUDA tests)
+#   bash benchmarks/gpu.sh suite     # there: the whole suite, stopped short of a call's 10 min
 #   bash benchmarks/gpu.sh bench [ARGS...]  # there: ledserve bench --device cuda (LED-base shape)
 #
-# `test` and `bench` put .gpuwheels/site first on PYTHONPATH themselves; any other command there
-# needs `export PYTHONPATH=$PWD/.gpuwheels/site`. Logs go to $OUT (the device tool's folder)
-# when it is set, else to ./gpu-out.
+# `test`, `suite` and `bench` put .gpuwheels/site first on PYTHONPATH themselves; any other
+# command there needs `export PYTHONPATH=$PWD/.gpuwheels/site`. Logs go to $OUT (the device
+# tool's folder) when it is set, else to ./gpu-out.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 wheels=.gpuwheels
@@ -55,7 +56,11 @@ EOF
     use_wheels
     mkdir -p "$out"
     python3 -m pytest -m gpu -v -rs 2>&1 | tee "$out/pytest-gpu.log"
-    python3 -m pytest -q 2>&1 | tee "$out/pytest-all.log"
+    ;;
+  suite)
+    use_wheels
+    mkdir -p "$out"
+    timeout 540 python3 -m pytest -q 2>&1 | tee "$out/pytest-all.log"
     ;;
   bench)
     shift
@@ -65,7 +70,7 @@ EOF
       | tee "$out/bench.log"
     ;;
   *)
-    sed -n '2,14p' "$0"
+    sed -n '2,15p' "$0"
     exit 2
     ;;
 esac
