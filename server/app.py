@@ -214,7 +214,17 @@ async def serve(config: ServerConfig) -> int:
         return 2
     await stop.wait()
     await server.stop()
+    await _settle_tasks()
     return 0
+
+
+async def _settle_tasks():
+    """Cancel what gRPC left scheduled (an RPC's wait for its peer's close) and wait for it
+    here, before asyncio.run closes the loop: a task cancelled there printed a raw traceback."""
+    tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class BackgroundServer:

@@ -23,11 +23,16 @@ class JsonFormatter(logging.Formatter):
 
 
 def configure(level: str = "info"):
+    """ledserve's events at `level`; other libraries' warnings and errors (asyncio, grpc) go
+    through the same JSON lines, so that stderr stays one JSON object per line."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
     logger.propagate = False
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.WARNING)
 
 
 def log(event: str, level: int = logging.INFO, exc_info=None, **fields):
