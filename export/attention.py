@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ledserve.export.fused import MASKED, multi_head_attention
+from ledserve.export.fused import additive_bias, multi_head_attention
 
 # Query blocks per attention window (see query_block). On the LED-base shape at 2048 tokens (CPU):
 # 2 beat 1 (which scores a third more keys than needed); 4 and 8 were no faster.
@@ -122,8 +122,7 @@ def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> L
     any_slot = (slot[None, None, :] >= 0) & (query[:, :, None] >= 0)  # [n, b, G + 1]
     ok = key_ok[:, :, None, :] & torch.cat([any_slot, in_band], dim=2)  # [batch, n, b, keys]
     ok = ok.flatten(0, 1)[:, None]
-    zero = torch.zeros((), dtype=dtype, device=device)
-    bias = torch.where(ok, zero, torch.tensor(MASKED, dtype=dtype, device=device))
+    bias = additive_bias(ok, dtype)
     return LocalBlocks(window, block, pad_end, key_index, bias)
 
 
@@ -163,9 +162,7 @@ def longformer_self_attention(
     # projections: one more fused node, its bias [batch, 1, G + 1, seq] from the padding.
     hidden_at_slots = hidden.gather(1, slots.positions[..., None].expand(-1, -1, d_model))
     key_ok = ~is_pad[:, None, None, :] & (slots.positions[:, None, :, None] >= 0)
-    zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-    masked = torch.tensor(MASKED, dtype=hidden.dtype, device=hidden.device)
-    global_bias = torch.where(key_ok, zero, masked)
+    global_bias = additive_bias(key_ok, hidden.dtype)
     global_out = multi_head_attention(
         attn.query_global(hidden_at_slots) * scale, attn.key_global(hidden),
         attn.value_global(hidden), global_bias, heads,

@@ -17,6 +17,13 @@ import torch
 MASKED = torch.finfo(torch.float32).min
 
 
+def additive_bias(ok: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """A bool mask -> the attention bias of the same shape: 0 where a query may attend, MASKED
+    elsewhere."""
+    zero = torch.zeros((), dtype=dtype, device=ok.device)
+    return torch.where(ok, zero, torch.tensor(MASKED, dtype=dtype, device=ok.device))
+
+
 def split_heads(x: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
     """[batch, seq, heads * head_dim] -> [batch, heads, seq, head_dim]"""
     return x.unflatten(-1, (num_heads, head_dim)).transpose(1, 2)

@@ -14,7 +14,12 @@ from optimum.utils import NormalizedSeq2SeqConfig
 from torch import nn
 
 from ledserve.export.attention import global_slots, local_blocks, longformer_self_attention
-from ledserve.export.fused import MASKED, cached_attention, multi_head_attention, split_heads
+from ledserve.export.fused import (
+    additive_bias,
+    cached_attention,
+    multi_head_attention,
+    split_heads,
+)
 
 # Tensor-name templates, written to the manifest; the engine reads them from there.
 PAST_KEY, PAST_VALUE = "past_key_values.{layer}.key", "past_key_values.{layer}.value"
@@ -129,10 +134,8 @@ class DecoderGraph(nn.Module):
         self_ok = valid[:, None, None, :] & (key_pos[None, :] <= query_pos[:, None])
         queries = torch.arange(width * new, device=input_ids.device)  # a slot's query rows
         cross_ok = (encoder_attention_mask != 0)[:, None, None, :] & (queries[:, None] >= 0)
-        zero = torch.zeros((), dtype=hidden.dtype, device=hidden.device)
-        masked = torch.tensor(MASKED, dtype=hidden.dtype, device=hidden.device)
-        self_bias = torch.where(self_ok, zero, masked)  # [batch, 1, new, past + new]
-        cross_bias = torch.where(cross_ok, zero, masked)  # [requests, 1, width * new, enc_seq]
+        self_bias = additive_bias(self_ok, hidden.dtype)  # [batch, 1, new, past + new]
+        cross_bias = additive_bias(cross_ok, hidden.dtype)  # [requests, 1, width * new, enc_seq]
 
         present = []
         for i, layer in enumerate(decoder.layers):
