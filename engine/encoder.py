@@ -20,7 +20,28 @@ import threading
 import time
 from collections.abc import Callable
 
+import numpy as np
+
 IDLE_SECONDS = 1.0
+
+
+def encode_batch(runtime, pad_token_id: int, shrink_after_tokens: int | None, requests: list):
+    """One encoder run over a batch (padded to its longest input): each request's cross K/V and
+    empty self-attention cache. `shrink_after_tokens`: from this many padded tokens, the run's
+    memory goes back to the system afterwards."""
+    length = max(r.input_ids.size for r in requests)
+    ids = np.full((len(requests), length), pad_token_id, np.int64)
+    mask = np.zeros_like(ids)
+    glob = np.zeros_like(ids)
+    for row, r in enumerate(requests):
+        n = r.input_ids.size
+        ids[row, :n], mask[row, :n], glob[row, :n] = r.input_ids, 1, r.global_attention_mask
+    shrink = shrink_after_tokens is not None and ids.size >= shrink_after_tokens
+    encoded = runtime.encode(ids, mask, glob, shrink=shrink)
+    for request, cross in zip(requests, encoded, strict=True):
+        request.cross = cross
+        request.cache = runtime.empty_cache(request.rows)
+        request.mark("encoded")
 
 
 class EncodeTimes:

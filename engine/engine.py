@@ -21,12 +21,12 @@ from ledserve.engine.artifacts import Artifacts
 from ledserve.engine.batch import DecodeBatch
 from ledserve.engine.config import EngineConfig
 from ledserve.engine.detokenize import Detokenizer
-from ledserve.engine.encoder import EncoderWorker
+from ledserve.engine.encoder import EncoderWorker, encode_batch
 from ledserve.engine.errors import InvalidRequest, WrongTask
 from ledserve.engine.params import GenerationParams
 from ledserve.engine.prompt import PromptBuilder
 from ledserve.engine.request import Event, Request
-from ledserve.engine.runtime import Runtime, resolve_device
+from ledserve.engine.runtime import Runtime, one_host_thread, resolve_device
 from ledserve.engine.scheduler import Scheduler
 from ledserve.engine.step import step_batch
 from ledserve.engine.stops import StopStrings, StopText
@@ -52,7 +52,9 @@ class Engine:
                                    config.max_client_rows)  # fmt: skip
         self._batch: DecodeBatch | None = None  # while requests decode
         self._wake = threading.Event()
-        self.encoder = EncoderWorker(self._encode, self._wake)
+        encode = functools.partial(encode_batch, runtime, self.defaults["pad_token_id"],
+                                   config.shrink_after_tokens)  # fmt: skip
+        self.encoder = EncoderWorker(encode, self._wake)
         self._thread: threading.Thread | None = None
         self.steps = 0  # loop iterations that ran the decoder
         self._step_seconds = 0.0  # the last step's decoder run and token choice
@@ -165,6 +167,12 @@ class Engine:
 
     def step(self) -> bool:
         """One iteration; returns False when no decoder ran (nothing to do, or only encoding)."""
+        candidates = (*self.running, *self.encoding, *self.waiting)  # all this step may decode
+        sampling = any(r.params.do_sample for r in candidates)
+        with one_host_thread(self.runtime.device.type == "cpu" and not sampling):
+            return self._step()
+
+    def _step(self) -> bool:
         plan = self.scheduler.schedule(self.encoding, self.encoder.collect())
         budget = self._step_seconds if self._batch is not None else 0.0  # while rows decode
         self.scheduler.join(self.encoder.dispatch(plan.encode, budget))
@@ -262,23 +270,6 @@ class Engine:
         admitted = self.scheduler.admit(self.running + self.encoding) if self.waiting else []
         self.scheduler.join(self.encoder.dispatch(admitted, self._step_seconds))
         self._first_steps()
-
-    def _encode(self, requests: list[Request]):
-        """On the encoder thread: each request's cross K/V and empty self-attention cache."""
-        length = max(r.input_ids.size for r in requests)
-        ids = np.full((len(requests), length), self.defaults["pad_token_id"], np.int64)
-        mask = np.zeros_like(ids)
-        glob = np.zeros_like(ids)
-        for row, r in enumerate(requests):
-            n = r.input_ids.size
-            ids[row, :n], mask[row, :n], glob[row, :n] = r.input_ids, 1, r.global_attention_mask
-        limit = self.config.shrink_after_tokens
-        shrink = limit is not None and ids.size >= limit
-        encoded = self.runtime.encode(ids, mask, glob, shrink=shrink)
-        for request, cross in zip(requests, encoded, strict=True):
-            request.cross = cross
-            request.cache = self.runtime.empty_cache(request.rows)
-            request.mark("encoded")
 
     def _decode(self, batch: DecodeBatch, beside: bool = False):
         """One decoder run over the batch's rows, and its tokens (engine/step.py). `beside`:

@@ -5,6 +5,8 @@ provider as on CUDA: the KV cache and cross-attention K/V stay where they are be
 step only the new token ids go in; processors and search run on the logits where they are.
 """
 
+import contextlib
+
 import numpy as np
 import onnxruntime as ort
 import torch
@@ -41,6 +43,27 @@ def session_options(profile: str | None = None) -> ort.SessionOptions:
     if profile is not None:
         options.enable_profiling, options.profile_file_prefix = True, profile
     return options
+
+
+@contextlib.contextmanager
+def one_host_thread(active: bool):
+    """While inside (when `active`), the calling thread's torch work runs on one thread.
+
+    For the engine's work between CPU decoder runs (token choice over [rows, vocab] logits,
+    cache gathers): torch's OpenMP workers spin for a while after each parallel op (libgomp's
+    default wait policy) and take the cores from the ONNX Runtime run that follows. Not for
+    sampling rows, whose vocabulary sorts gain more from torch's threads than the spinning costs
+    (benchmarks/RESULTS.md, "torch's threads beside ONNX Runtime"). torch.set_num_threads also
+    sets the count that threads started meanwhile take; the previous count is put back."""
+    before = torch.get_num_threads()
+    if not active or before == 1:
+        yield
+        return
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def open_session(path, device: str, options: ort.SessionOptions) -> ort.InferenceSession:

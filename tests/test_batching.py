@@ -8,6 +8,7 @@ import weakref
 
 import numpy as np
 import pytest
+import torch
 
 from ledserve.engine.engine import Engine
 from ledserve.engine.errors import CapacityExceeded, Failure, InvalidRequest, failure_of
@@ -128,6 +129,34 @@ def test_sampling_is_reproducible_with_a_seed(exported, checkpoint, rng):
     assert engine.generate([ids], **params) == first
     other = [engine.generate([ids], **{**params, "seed": s})[0] for s in range(5)]
     assert any(o != first[0] for o in other)  # the seed matters
+
+
+def test_greedy_and_beam_steps_run_torch_on_one_thread(exported, checkpoint, rng, monkeypatch):
+    """On the CPU, a step without sampling rows runs the engine's torch work on one thread
+    (runtime.one_host_thread); a sampling step keeps torch's threads; either way the caller's
+    count is the same afterwards. Tokens are unchanged (every parity test runs through it)."""
+    _, model = checkpoint
+    engine = Engine.from_artifacts(exported["fp32"], device="cpu")
+    seen, run = [], engine.runtime._run
+
+    def record(session, *args):  # the thread count where a decoder run starts
+        if session is engine.runtime.decoder:
+            seen.append(torch.get_num_threads())
+        return run(session, *args)
+
+    monkeypatch.setattr(engine.runtime, "_run", record)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        ids = list(rng.integers(5, model.config.vocab_size, 30))
+        engine.generate([ids], max_new_tokens=5, num_beams=2)
+        light, seen[:] = list(seen), []
+        engine.generate([ids], max_new_tokens=5, do_sample=True, top_p=0.9, seed=1)
+        assert light and set(light) == {1}
+        assert seen and set(seen) == {2}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_loop_thread_and_streaming(exported, checkpoint, rng):
