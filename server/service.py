@@ -21,7 +21,7 @@ from ledserve.server.logs import log
 from ledserve.server.metrics import Metrics
 from ledserve.server.security import client_identity
 
-DEADLINE_SLACK = 0.25  # seconds
+DEADLINE_SLACK = 1.0  # seconds (see Service._cancelled)
 
 
 class NotReady(Exception):
@@ -350,8 +350,10 @@ class LedServeService:
         await context.abort(code, message)
 
     def _cancelled(self, method: str, request_id: str, context):
-        # A client's deadline reaches the server as a cancellation that may arrive a little
-        # before the server's own copy of the deadline passes: near it counts as the deadline.
+        # A client's deadline reaches the server as a cancellation that arrives before the
+        # server's own copy of the deadline passes, by as long as the call took to reach the
+        # handler (longer on a busy machine): within DEADLINE_SLACK of it counts as the deadline.
+        # With 0.25 s one CI run did not count a test's 0.3 s deadline as one (not reproduced).
         remaining = context.time_remaining()
         expired = remaining is not None and remaining <= DEADLINE_SLACK
         code = "DEADLINE_EXCEEDED" if expired else "CANCELLED"

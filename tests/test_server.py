@@ -201,7 +201,9 @@ def test_deadline_ends_the_request(served, client, slow_decode):
     assert ended.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     _wait_idle(engine)
     assert engine.steps - steps_before < 40
-    assert _counted(served, "DEADLINE_EXCEEDED", deadlines)  # the metrics tell it from a cancel
+    counted = _counted(served, "DEADLINE_EXCEEDED", deadlines)  # told from a cancel
+    now = {c: _ended_streams(served, c) for c in ("DEADLINE_EXCEEDED", "CANCELLED")}
+    assert counted, f"before: {deadlines} deadlines, {cancels} cancels; now {now}"
     assert _ended_streams(served, "CANCELLED") == cancels
 
 
