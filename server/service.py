@@ -21,7 +21,7 @@ from ledserve.server.logs import log
 from ledserve.server.metrics import Metrics
 from ledserve.server.security import client_identity
 
-DEADLINE_SLACK = 1.0  # seconds (see Service._cancelled)
+DEADLINE_SLACK = 1.0  # seconds (see LedServeService._cancelled)
 
 
 class NotReady(Exception):
