@@ -27,7 +27,7 @@ def make_input(vocab: int, length: int, seed: int, globals_: int = 16):
 @dataclass
 class Trace:
     seconds: float  # end to end
-    token_times: list[float] = field(default_factory=list)  # since start, per streamed token
+    step_times: list[float] = field(default_factory=list)  # since start, per decoding step
     tokens: list[int] = field(default_factory=list)
 
 
@@ -48,23 +48,24 @@ def median_of(repeats: int, run, *args):
 
 
 def inter_token(traces: list[Trace]) -> dict | None:
-    gaps = [b - a for t in traces for a, b in zip(t.token_times, t.token_times[1:], strict=False)]
+    """Percentiles of the gaps between consecutive decoding steps (greedy: between tokens): the
+    decode step, unaffected by how long the encoder took."""
+    gaps = [b - a for t in traces for a, b in zip(t.step_times, t.step_times[1:], strict=False)]
     if not gaps:
         return None
     return {"p50_s": float(np.percentile(gaps, 50)), "p95_s": float(np.percentile(gaps, 95))}
 
 
-class _Stamps:
-    """A transformers streamer that only records when each token arrives."""
+class _StepStamps:
+    """A transformers logits processor that changes nothing and records when each decoding
+    step's scores arrive (once per step, greedy or beam search)."""
 
     def __init__(self):
         self.times = []
 
-    def put(self, value):
+    def __call__(self, input_ids, scores):
         self.times.append(time.perf_counter())
-
-    def end(self):
-        pass
+        return scores
 
 
 class Baseline:
@@ -97,19 +98,20 @@ class Baseline:
         return Trace(time.perf_counter() - start)
 
     def generate(self, ids, glob, new_tokens: int, beams: int) -> Trace:
+        from transformers import LogitsProcessorList
+
         ids_t, mask, glob_t = self._tensors(ids, glob)
-        stamps = _Stamps() if beams == 1 else None  # transformers streams greedy only
+        stamps = _StepStamps()
         start = time.perf_counter()
         with torch.inference_mode():
             out = self.model.generate(
                 input_ids=ids_t, attention_mask=mask, global_attention_mask=glob_t,
                 max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams,
-                do_sample=False, streamer=stamps,
+                do_sample=False, logits_processor=LogitsProcessorList([stamps]),
             )  # fmt: skip
         self._sync()
         seconds = time.perf_counter() - start
-        times = [t - start for t in stamps.times[1:]] if stamps else []  # [0]: the start token
-        return Trace(seconds, times, out[0].tolist())
+        return Trace(seconds, [t - start for t in stamps.times], out[0].tolist())
 
 
 class InProcess:
@@ -130,20 +132,29 @@ class InProcess:
         return Trace(time.perf_counter() - start)
 
     def generate(self, ids, glob, new_tokens: int, beams: int) -> Trace:
-        engine = self.engine
+        engine, times = self.engine, []
+        step = engine.step
+
+        def stamped() -> bool:  # the end of each step that ran the decoder
+            ran = step()
+            if ran:
+                times.append(time.perf_counter() - start)
+            return ran
+
+        engine.step = stamped
         start = time.perf_counter()
-        request = engine.submit(
-            ids, glob, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams
-        )
-        times = []
-        while True:
+        try:
+            request = engine.submit(
+                ids, glob, max_new_tokens=new_tokens, min_new_tokens=new_tokens, num_beams=beams
+            )
             event = engine.next_event(request)
-            now = time.perf_counter() - start
-            times += [now] * len(event.tokens)
-            if event.finished:
-                if event.error:
-                    raise RuntimeError(event.error)
-                return Trace(now, times if beams == 1 else [], event.results[0])
+            while not event.finished:
+                event = engine.next_event(request)
+        finally:
+            del engine.step
+        if event.error:
+            raise RuntimeError(event.error)
+        return Trace(time.perf_counter() - start, times, event.results[0])
 
 
 def decode_profile(side: InProcess, ids, glob, new_tokens: int) -> dict:

@@ -39,22 +39,21 @@ def markdown(r: dict) -> str:
         "",
         f"Generation ({r['sizes']['new_tokens']} tokens, EOS suppressed):",
         "",
-        "| side | beams | input | first token ms (÷ floor) | step ms | inter-token p50 / p95 ms "
+        "| side | beams | input | first token ms (÷ floor) | step ms, p50 / p95 "
         "| end to end ms (÷ floor) | speed-up (e2e) | speed-up (step) | step floor ms (bound) "
         "| step ÷ floor |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for name, side in sides.items():
         for key, g in side["generate"].items():
             ref = base["generate"][key]
-            itl = g["inter_token"]
-            itl_text = f"{_ms(itl['p50_s'])} / {_ms(itl['p95_s'])}" if itl else "–"
+            p95 = _ms(g["inter_token"]["p95_s"]) if g["inter_token"] else "–"  # older results
             floor = g["step_floor"]
             first_floor, e2e_floor = generation_floors(side, g)
             lines.append(
                 f"| {name} | {key.removeprefix('beams')} | {g['input_tokens']} "
                 f"| {_ms(g['first_token_s'])} ({g['first_token_s'] / first_floor:.1f}) "
-                f"| {_ms(g['step_s'])} | {itl_text} "
+                f"| {_ms(g['step_s'])} / {p95} "
                 f"| {_ms(g['end_to_end_s'])} ({g['end_to_end_s'] / e2e_floor:.1f}) "
                 f"| {ref['end_to_end_s'] / g['end_to_end_s']:.2f}× "
                 f"| {ref['step_s'] / g['step_s']:.2f}× | {_ms(floor['floor_s'])} "

@@ -25,6 +25,9 @@ def test_quick_benchmark_writes_results(tmp_path):
         greedy["new_tokens"] == 8
         and greedy["inter_token"]["p95_s"] >= greedy["inter_token"]["p50_s"]
     )
+    for side in results["sides"].values():  # the step: the median gap between steps, beams too
+        for g in side["generate"].values():
+            assert g["step_s"] == g["inter_token"]["p50_s"] > 0
     serving = results["serving"]["beams1"]
     assert [s["concurrency"] for s in serving] == [1, 2]
     assert all(s["tokens"] == 8 * s["requests"] for s in serving)
