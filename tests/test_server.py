@@ -192,11 +192,11 @@ def test_cancel_mid_stream_frees_the_slot(served, client, slow_decode):
 
 
 def test_deadline_ends_the_request(served, client, slow_decode):
-    slow_decode(0.05)  # 60 tokens take 3 s, past the 1 s deadline
+    slow_decode(0.1)  # 60 tokens take 6 s, past the 2 s deadline
     engine, steps_before = served.engine, served.engine.steps
     cancels, deadlines = (_ended_streams(served, c) for c in ("CANCELLED", "DEADLINE_EXCEEDED"))
     call = client.stream("a question?", "a context.", min_new_tokens=60, max_new_tokens=60,
-                         timeout=1.0)  # fmt: skip
+                         timeout=2.0)  # fmt: skip
     # The handler runs: a deadline that passes before it starts reaches no server code to count
     # it (one CI run on a loaded machine with a 0.3 s deadline counted neither code).
     assert next(call).token_ids
