@@ -200,8 +200,10 @@ def measure_side(name, side, vocab, lengths, sizes, skip_server, tokens) -> dict
         e2e, traces = measure.median_of(repeats, side.generate, ids, glob, n, beams)
         first, _ = measure.median_of(repeats, side.generate, ids, glob, 1, beams)
         tokens[(name, beams)] = traces[-1].tokens
-        steps = measure.inter_token(traces)  # the median gap between steps, not (e2e - first) /
-        out["generate"][f"beams{beams}"] = {  # (n - 1), which the encoder's spread swamped
+        # The step: the median gap between steps, not (e2e - first) / (n - 1), two medians of
+        # runs that each hold an encoder pass, whose spread swamped the step.
+        steps = measure.inter_token(traces)
+        out["generate"][f"beams{beams}"] = {
             "input_tokens": length, "new_tokens": n, "end_to_end_s": e2e, "first_token_s": first,
             "step_s": steps["p50_s"], "inter_token": steps,
         }  # fmt: skip
