@@ -11,6 +11,7 @@ the loop themselves when no loop thread runs.
 """
 
 import functools
+import itertools
 import threading
 import time
 from dataclasses import replace
@@ -167,9 +168,11 @@ class Engine:
 
     def step(self) -> bool:
         """One iteration; returns False when no decoder ran (nothing to do, or only encoding)."""
-        candidates = (*self.running, *self.encoding, *self.waiting)  # all this step may decode
-        sampling = any(r.params.do_sample for r in candidates)
-        with one_host_thread(self.runtime.device.type == "cpu" and not sampling):
+        # On the CPU, unless a request this step may decode (running, encoding, waiting) samples.
+        one = self.runtime.device.type == "cpu" and not any(
+            r.params.do_sample for r in itertools.chain(self.running, self.encoding, self.waiting)
+        )
+        with one_host_thread(one):
             return self._step()
 
     def _step(self) -> bool:
