@@ -3,7 +3,8 @@ so that a noisy machine's drift falls on every side alike: encoder latency by in
 the greedy decode step at batch 1 (the median gap between streamed tokens).
 
     python -m ledserve.benchmarks.alternate --artifacts old=DIR --artifacts new=DIR \
-        [--lengths 512,2048,4096] [--step-input 512] [--new-tokens 32] [--repeats 7]
+        [--lengths 512,2048,4096] [--globals 16] [--step-input 512] [--new-tokens 32] \
+        [--repeats 7]
 
 Prints one JSON object: per side, medians and every run; ratios against the first side.
 """
@@ -14,14 +15,15 @@ import statistics
 import time
 
 
-def measure(artifacts: dict, lengths, step_input: int, new_tokens: int, repeats: int) -> dict:
+def measure(artifacts: dict, lengths, step_input: int, new_tokens: int, repeats: int,
+            globals_: int = 16) -> dict:  # fmt: skip
     from ledserve.benchmarks.measure import InProcess, inter_token, make_input
 
     sides = {name: InProcess(folder, "cpu") for name, folder in artifacts.items()}
     vocab = min(side.engine.vocab_size for side in sides.values())
     runs = {name: {"encoder_s": {n: [] for n in lengths}, "step_s": []} for name in sides}
     for length in lengths:
-        ids, glob = make_input(vocab, length, seed=length)
+        ids, glob = make_input(vocab, length, seed=length, globals_=globals_)
         for r in range(repeats + 1):  # the first round warms each side up at this length
             for name, side in sides.items():
                 start = time.perf_counter()
@@ -40,8 +42,8 @@ def measure(artifacts: dict, lengths, step_input: int, new_tokens: int, repeats:
         for name, r in runs.items()
     }  # fmt: skip
     first = medians[next(iter(sides))]
-    out = {"lengths": lengths, "step_input_tokens": step_input, "new_tokens": new_tokens,
-           "repeats": repeats, "sides": {}}  # fmt: skip
+    out = {"lengths": lengths, "global_tokens": globals_, "step_input_tokens": step_input,
+           "new_tokens": new_tokens, "repeats": repeats, "sides": {}}  # fmt: skip
     for name, m in medians.items():
         out["sides"][name] = {
             **m,
@@ -62,13 +64,16 @@ def main(argv=None) -> int:
     )
     parser.add_argument("--artifacts", action="append", required=True, metavar="NAME=DIR")
     parser.add_argument("--lengths", default="512,2048,4096")
+    parser.add_argument("--globals", type=int, default=16, help="global tokens of each input")
     parser.add_argument("--step-input", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=7)
     args = parser.parse_args(argv)
     artifacts = dict(a.split("=", 1) for a in args.artifacts)
     lengths = [int(x) for x in args.lengths.split(",")]
-    result = measure(artifacts, lengths, args.step_input, args.new_tokens, args.repeats)
+    result = measure(
+        artifacts, lengths, args.step_input, args.new_tokens, args.repeats, args.globals
+    )
     print(json.dumps(result, indent=1))
     return 0
 

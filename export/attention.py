@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ledserve.export.fused import additive_bias, multi_head_attention
+from ledserve.export.fused import additive_bias, merge_heads, multi_head_attention, split_heads
 
 # Query blocks per attention window (see query_block). On the LED-base shape at 2048 tokens (CPU):
 # 2 beat 1 (which scores a third more keys than needed); 4 and 8 were no faster.
@@ -159,15 +159,67 @@ def longformer_self_attention(
     local_out = local_out.reshape(batch, -1, d_model)[:, :seq_len]  # [batch, seq, d_model]
 
     # Global queries (the G + 1 slots) attend to every non-padding key with the separate global
-    # projections: one more fused node, its bias [batch, 1, G + 1, seq] from the padding.
+    # weights; the bias [batch, 1, G + 1, seq] comes from the padding.
     hidden_at_slots = hidden.gather(1, slots.positions[..., None].expand(-1, -1, d_model))
     key_ok = ~is_pad[:, None, None, :] & (slots.positions[:, None, :, None] >= 0)
-    global_bias = additive_bias(key_ok, hidden.dtype)
-    global_out = multi_head_attention(
-        attn.query_global(hidden_at_slots) * scale, attn.key_global(hidden),
-        attn.value_global(hidden), global_bias, heads,
-    )  # fmt: skip
+    query = attn.query_global(hidden_at_slots) * scale
+    global_out = global_attention(attn, query, hidden, additive_bias(key_ok, hidden.dtype))
     from_global = global_out.gather(1, slots.slot_of_position[..., None].expand(-1, -1, d_model))
 
     out = torch.where(is_global[..., None], from_global, local_out)
     return torch.where(is_pad[..., None], torch.zeros_like(out), out)
+
+
+def global_attention(attn: nn.Module, query, hidden, bias) -> torch.Tensor:
+    """The global queries' attention over every non-padding key: query [batch, G + 1, d_model],
+    scaled; hidden [batch, seq, d_model]; bias [batch, 1, G + 1, seq] -> [batch, G + 1, d_model].
+
+    With few global tokens the keys and values are never projected (`_reassociated`); with
+    more than `head_dim // 2` slots, where that would cost more, they are (`_projected`). Both
+    paths are in the graph; the one not taken runs on one query slot and one key (junk, never
+    selected), so no branch exists and no tensor is ever zero-sized.
+    """
+    slot = torch.arange(query.shape[1], device=query.device)  # [G + 1]
+    few = slot[-1:] < attn.head_dim // 2  # [1]: G + 1 <= head_dim // 2
+    position = torch.arange(hidden.shape[1], device=hidden.device)  # [seq]
+    # Each path's query slots (all, or slot 0 alone) and the projected path's keys.
+    mine = ((slot == 0) | few).nonzero().squeeze(1)
+    theirs = ((slot == 0) | ~few).nonzero().squeeze(1)
+    keys = ((position == 0) | ~few).nonzero().squeeze(1)
+    cheap = _reassociated(attn, query[:, mine], hidden, bias[:, :, mine])
+    projected = _projected(attn, query[:, theirs], hidden[:, keys], bias[:, :, theirs][..., keys])
+    # [batch, G + 1, d_model] beside [batch, 1, d_model]: the taken path's output.
+    return torch.where(few[:, None], cheap, projected)
+
+
+def _reassociated(attn: nn.Module, query, hidden, bias) -> torch.Tensor:
+    """A head's score q . (W_k x + b_k) is (W_k^T q) . x plus q . b_k, the same for every key,
+    which softmax ignores; its output sum_j p_j (W_v x_j + b_v) is W_v (sum_j p_j x_j) + b_v. So
+    the queries move into the input space (G + 1 rows a head) instead of the seq keys and
+    values into each head's: 2 * seq * d_model^2 multiply-adds a layer become
+    2 * heads * (G + 1) * seq * d_model."""
+    w_key, w_value = _head_weights(attn)
+    query = split_heads(query, attn.num_heads, attn.head_dim) @ w_key  # [b, heads, G + 1, d]
+    scores = (query.flatten(1, 2) @ hidden.transpose(1, 2)).unflatten(1, (attn.num_heads, -1))
+    probs = (scores + bias).softmax(dim=-1)  # [batch, heads, G + 1, seq]
+    context = (probs.flatten(1, 2) @ hidden).unflatten(1, (attn.num_heads, -1))  # [.., d]
+    out = (w_value @ context.transpose(2, 3)).transpose(2, 3)  # [batch, heads, G + 1, hd]
+    return merge_heads(out) + attn.value_global.bias
+
+
+def _projected(attn: nn.Module, query, hidden, bias) -> torch.Tensor:
+    """Keys and values projected, as transformers does, then one fused attention node."""
+    # From the same per-head weights as _reassociated, so that the graph holds them once (they
+    # are the first operand of their MatMuls: int8 artifacts keep them fp32).
+    w_key, w_value = _head_weights(attn)
+    keys, values = [
+        (w @ hidden.transpose(1, 2)[:, None] + b.reshape(attn.num_heads, -1, 1)).transpose(2, 3)
+        for w, b in ((w_key, attn.key_global.bias), (w_value, attn.value_global.bias))
+    ]  # [batch, heads, seq, head_dim]
+    return multi_head_attention(query, keys, values, bias, attn.num_heads)
+
+
+def _head_weights(attn: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """key_global's and value_global's weights, [heads, head_dim, d_model] each."""
+    shape = (attn.num_heads, attn.head_dim, -1)
+    return attn.key_global.weight.reshape(shape), attn.value_global.weight.reshape(shape)

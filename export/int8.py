@@ -3,7 +3,9 @@
 Only MatMuls with a constant weight are quantized: the weight once, to signed int8 with one scale
 per tensor; activations per run (`DynamicQuantizeMatMul`). Attention products, softmax, layer
 norms and the logits' bias stay fp32. A weight also read by another node (the tied embedding,
-gathered for the input tokens) keeps its fp32 copy for that node.
+gathered for the input tokens) keeps its fp32 copy for that node. The encoder's global-attention
+key and value weights stay fp32: its MatMuls take them as the first operand
+(export/attention.py, global_attention).
 
 Measured on the LED-base shape, 2-core AVX-512-VNNI CPU: per-channel and unsigned weights were no
 faster and no closer to fp32 than signed per-tensor.

@@ -79,16 +79,37 @@ def test_one_graph_serves_all_lengths(exported):
 
 @pytest.mark.parametrize("dtype", ["fp32", "fp16"])
 def test_attention_is_two_fused_nodes_per_layer(checkpoint, exported, dtype):
-    """Scores, bias, softmax and the value product of the local and of the global part run
-    inside ONNX Runtime's MultiHeadAttention kernel, not as graph-level passes over
-    [heads, seq, keys] tensors."""
+    """Scores, bias, softmax and the value product of the local part and of the projected global
+    path run inside ONNX Runtime's MultiHeadAttention kernel, not as graph-level passes over
+    [heads, seq, keys] tensors; the one Softmax a layer is the reassociated global path's, over
+    its G + 1 query rows."""
     _, model = checkpoint
     graph = onnx.load(str(exported[dtype] / "encoder.onnx"), load_external_data=False).graph
     fused = [
         n for n in graph.node if (n.domain, n.op_type) == ("com.microsoft", "MultiHeadAttention")
     ]
     assert len(fused) == 2 * model.config.encoder_layers  # local and global parts
-    assert not any(n.op_type == "Softmax" for n in graph.node)
+    softmax = [n for n in graph.node if n.op_type == "Softmax"]
+    assert len(softmax) == model.config.encoder_layers
+
+
+def test_global_paths_either_side_of_the_limit(checkpoint, exported, rng):
+    """G + 1 global slots at, and just past, head_dim // 2 (the reassociated path, then the
+    projected one), in a padded batch whose rows differ in their number of global tokens."""
+    _, model = checkpoint
+    encoder = session(exported["fp32"] / "encoder.onnx")
+    names = [o.name for o in encoder.get_outputs()]
+    limit = model.config.d_model // model.config.encoder_attention_heads // 2
+    for globals_ in (limit - 1, limit, limit + 1, 3 * limit):
+        inputs = random_encoder_inputs(rng, model.config.vocab_size, [4 * limit + 9, 40], "none")
+        for row, count in enumerate((globals_, 1)):
+            positions = rng.choice(40, count, replace=False)
+            inputs["global_attention_mask"][row, positions] = 1
+        want = reference_encoder(model, inputs)
+        got = dict(zip(names, encoder.run(None, inputs), strict=True))
+        for name in names:
+            check = compare("encoder", name, f"G={globals_}", got[name], want[name], "fp32")
+            assert check.passed, check
 
 
 def test_query_blocks_and_their_keys():
