@@ -94,16 +94,17 @@ def test_attention_is_two_fused_nodes_per_layer(checkpoint, exported, dtype):
 
 
 def test_global_paths_either_side_of_the_limit(checkpoint, exported, rng):
-    """G + 1 global slots at, and just past, head_dim // 2 (the reassociated path, then the
+    """G + 1 global slots up to head_dim // 2 (the reassociated path), then past it (the
     projected one), in a padded batch whose rows differ in their number of global tokens."""
     _, model = checkpoint
     encoder = session(exported["fp32"] / "encoder.onnx")
     names = [o.name for o in encoder.get_outputs()]
     limit = model.config.d_model // model.config.encoder_attention_heads // 2
+    lengths = [4 * limit + 9, 40]
     for globals_ in (limit - 1, limit, limit + 1, 3 * limit):
-        inputs = random_encoder_inputs(rng, model.config.vocab_size, [4 * limit + 9, 40], "none")
-        for row, count in enumerate((globals_, 1)):
-            positions = rng.choice(40, count, replace=False)
+        inputs = random_encoder_inputs(rng, model.config.vocab_size, lengths, "none")
+        for row, count in enumerate((globals_, 1)):  # within the row, never on its padding
+            positions = rng.choice(lengths[row], count, replace=False)
             inputs["global_attention_mask"][row, positions] = 1
         want = reference_encoder(model, inputs)
         got = dict(zip(names, encoder.run(None, inputs), strict=True))
