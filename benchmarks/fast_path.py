@@ -3,12 +3,17 @@
 default configuration and its best one: THP allocator on, threads = cores) and for any number of
 artifacts folders (fp32, int8, an older export, ...). Every side runs in its own process (the
 allocator setting is read at start), one after the other, medians of `--repeats` after a warm-up.
+With `--rounds N` the whole sequence of sides runs N times, and each side's end-to-end time is
+also given as a ratio to the first baseline's in the same round, with the median of those
+ratios: sides that run minutes apart drift apart on a shared machine, rounds do not share that
+drift (`--lengths ""` skips the encoder-only timings).
 
     python -m ledserve.benchmarks.fast_path --checkpoint DIR \
         --artifacts fp32=DIR --artifacts int8=DIR [--lengths 512,2048,...] \
-        [--generate 4096:128] [--repeats 3] [--baselines default,best]
+        [--generate 4096:128] [--repeats 3] [--baselines default,best] [--rounds 1]
 
-Prints one JSON line per side; `--out FILE` also writes them all as one JSON list.
+Prints one JSON line per side; `--out FILE` also writes them all as one JSON list (with
+`--rounds`, each result names its round, and a last object holds the ratios).
 """
 
 import argparse
@@ -75,6 +80,22 @@ def measure(checkpoint, artifacts: dict, lengths, generate, repeats: int, baseli
         yield {"side": name, **env, **machine.run_child("ledserve.benchmarks.fast_path", args, env)}
 
 
+def round_ratios(results: list[dict]) -> dict:
+    """Per side, the first baseline's end-to-end time over the side's, round by round, and the
+    median: {"reference": side, "sides": {side: {"per_round": [...], "median": x}}}."""
+    rounds = sorted({r["round"] for r in results})
+    baseline = next(r["side"] for r in results if r["side"].startswith("transformers"))
+    e2e = {(r["round"], r["side"]): r["generate"]["end_to_end_s"] for r in results
+           if "generate" in r}  # fmt: skip
+    sides = {}
+    for side in dict.fromkeys(r["side"] for r in results):
+        ratios = [e2e[k, baseline] / e2e[k, side] for k in rounds
+                  if (k, baseline) in e2e and (k, side) in e2e]  # fmt: skip
+        if ratios and side != baseline:
+            sides[side] = {"per_round": ratios, "median": statistics.median(ratios)}
+    return {"reference": baseline, "sides": sides}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m ledserve.benchmarks.fast_path",
@@ -87,11 +108,12 @@ def main(argv=None) -> int:
     parser.add_argument("--generate", default="4096:128", help="input:new tokens, greedy")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--baselines", default="default,best")
+    parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", choices=("transformers", "engine"), help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    lengths = [int(x) for x in args.lengths.split(",")]
+    lengths = [int(x) for x in args.lengths.split(",") if x]
     generate = tuple(int(x) for x in args.generate.split(":"))
     if args.child:
         result = _side(args.child, args.source, lengths, generate, args.repeats)
@@ -101,17 +123,26 @@ def main(argv=None) -> int:
     if baselines and not args.checkpoint:
         parser.error("--checkpoint is needed for the transformers baselines")
     artifacts = dict(a.split("=", 1) for a in args.artifacts)
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     results, reference = [], None
-    for result in measure(args.checkpoint, artifacts, lengths, generate, args.repeats, baselines):
-        tokens = result.get("generate", {}).get("tokens")
-        if result["side"].startswith("transformers"):
-            reference = reference or tokens
-        elif tokens is not None and reference is not None:
-            result["tokens_equal_to_transformers"] = tokens == reference
-        results.append(result)
-        shown = {**result, "generate": {k: v for k, v in result.get("generate", {}).items()
-                                        if k != "tokens"}}  # fmt: skip
-        print(json.dumps(shown), flush=True)
+    for round_ in range(args.rounds):
+        sides = measure(args.checkpoint, artifacts, lengths, generate, args.repeats, baselines)
+        for result in sides:
+            tokens = result.get("generate", {}).get("tokens")
+            if result["side"].startswith("transformers"):
+                reference = reference or tokens
+            elif tokens is not None and reference is not None:
+                result["tokens_equal_to_transformers"] = tokens == reference
+            if args.rounds > 1:
+                result["round"] = round_
+            results.append(result)
+            shown = {**result, "generate": {k: v for k, v in result.get("generate", {}).items()
+                                            if k != "tokens"}}  # fmt: skip
+            print(json.dumps(shown), flush=True)
+    if args.rounds > 1 and baselines:
+        results.append({"ratios_to": round_ratios(results)})
+        print(json.dumps(results[-1]), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")
     return 0

@@ -72,13 +72,15 @@ class LocalBlocks:
     key_index: torch.Tensor  # [n_blocks, G + 1 + K] int64: each block's keys in key_source()
     bias: torch.Tensor  # [batch * n_blocks, 1, b, G + 1 + K]: 0 or MASKED
 
-    def key_source(self, x: torch.Tensor, slots: GlobalSlots) -> torch.Tensor:
-        """[batch, seq, d] -> [batch, seq + pad_end + G + 1, d]: the sequence, zeros to a
-        multiple of the block, then the rows of the global slots, so that one gather builds
-        every block's keys (key_index)."""
-        index = slots.positions[..., None].expand(-1, -1, x.shape[-1])  # [batch, G + 1, d]
-        padded = nn.functional.pad(x, (0, 0, 0, self.pad_end))
-        return torch.cat([padded, x.gather(1, index)], dim=1)
+    def pad(self, x: torch.Tensor) -> torch.Tensor:
+        """[batch, seq, d] -> [batch, seq + pad_end, d]: zeros to a multiple of the block."""
+        return nn.functional.pad(x, (0, 0, 0, self.pad_end))
+
+    def key_source(self, padded: torch.Tensor, x_at_slots: torch.Tensor) -> torch.Tensor:
+        """pad(x) and x at the global slots' positions [batch, G + 1, d] -> [batch,
+        seq + pad_end + G + 1, d]: the rows that key_index numbers, so that one gather builds
+        every block's keys."""
+        return torch.cat([padded, x_at_slots], dim=1)
 
 
 def local_blocks(is_pad, is_global, slots: GlobalSlots, window: int, dtype) -> LocalBlocks:
@@ -147,26 +149,37 @@ def longformer_self_attention(
     heads, head_dim = attn.num_heads, attn.head_dim
     scale = head_dim**-0.5
 
-    query = attn.query(hidden) * scale  # [batch, seq, d_model]
     # Local part: each block of queries against the global keys and the keys around it, as one
     # attention over [batch * n_blocks] rows; one gather builds each block's keys and values.
-    q_blocks = nn.functional.pad(query, (0, 0, 0, blocks.pad_end)).unflatten(1, (-1, blocks.block))
+    # Queries, keys and values are projected from the padded hidden states (the keys and values
+    # with the global slots' rows after them, as key_index reads them): one pad and one concat
+    # a layer, not one for each projection.
+    padded = blocks.pad(hidden)  # [batch, seq + pad_end, d_model]
+    q_blocks = (attn.query(padded) * scale).unflatten(1, (-1, blocks.block))
+    at_slots = slots.positions[..., None].expand(-1, -1, d_model)  # [batch, G + 1, d_model]
+    hidden_at_slots = hidden.gather(1, at_slots)
+    source = blocks.key_source(padded, hidden_at_slots)
     keys, values = [
-        blocks.key_source(x, slots)[:, blocks.key_index].flatten(0, 1)
-        for x in (attn.key(hidden), attn.value(hidden))
+        project(source)[:, blocks.key_index].flatten(0, 1) for project in (attn.key, attn.value)
     ]  # [batch * n_blocks, G + 1 + K, d_model]
     local_out = multi_head_attention(q_blocks.flatten(0, 1), keys, values, blocks.bias, heads)
     local_out = local_out.reshape(batch, -1, d_model)[:, :seq_len]  # [batch, seq, d_model]
 
     # Global queries (the G + 1 slots) attend to every non-padding key with the separate global
     # weights; the bias [batch, 1, G + 1, seq] comes from the padding.
-    hidden_at_slots = hidden.gather(1, slots.positions[..., None].expand(-1, -1, d_model))
     key_ok = ~is_pad[:, None, None, :] & (slots.positions[:, None, :, None] >= 0)
     query = attn.query_global(hidden_at_slots) * scale
     global_out = global_attention(attn, query, hidden, additive_bias(key_ok, hidden.dtype))
-    from_global = global_out.gather(1, slots.slot_of_position[..., None].expand(-1, -1, d_model))
-
-    out = torch.where(is_global[..., None], from_global, local_out)
+    # Written into the local output at the slots' positions (G + 1 rows, not a seq-long select).
+    # Each slot writes the value its position must end with, so a position named twice (the
+    # never-valid slot may name one that a valid slot holds) gets the same value both times.
+    slot = slots.slot_of_position.gather(1, slots.positions)[..., None].expand(-1, -1, d_model)
+    value = torch.where(
+        is_global.gather(1, slots.positions)[..., None],
+        global_out.gather(1, slot),
+        local_out.gather(1, at_slots),
+    )
+    out = local_out.scatter(1, at_slots, value)
     return torch.where(is_pad[..., None], torch.zeros_like(out), out)
 
 

@@ -3,7 +3,7 @@ benchmarks never run as tests)."""
 
 import json
 
-from ledserve.benchmarks import loop, machine, measure, serving
+from ledserve.benchmarks import fast_path, loop, machine, measure, serving
 from ledserve.cli import main as ledserve
 from ledserve.demo.tiny import build_random_led
 
@@ -82,3 +82,19 @@ def test_serving_benchmark_runs_both_sides(exported, tmp_path):
     assert serving.main(args) == 0
     result = json.loads(out.read_text())
     assert result["median_tokens_per_s"]["direct"] > 0 and result["median_server_over_direct"] > 0
+
+
+def test_fast_path_rounds_pair_each_side_with_its_rounds_baseline():
+    """--rounds: a side's ratio is taken against the baseline of its own round, never another's;
+    a round whose side failed (no "generate") is left out, not counted as a ratio."""
+
+    def side(name, round_, seconds):
+        return {"side": name, "round": round_, "generate": {"end_to_end_s": seconds}}
+
+    results = [side("transformers-best", 0, 12.0), side("engine-int8", 0, 4.0),
+               side("transformers-best", 1, 18.0), side("engine-int8", 1, 9.0),
+               side("transformers-best", 2, 10.0), {"side": "engine-int8", "round": 2,
+                                                     "error": "killed"}]  # fmt: skip
+    ratios = fast_path.round_ratios(results)
+    assert ratios["reference"] == "transformers-best"
+    assert ratios["sides"]["engine-int8"] == {"per_round": [3.0, 2.0], "median": 2.5}

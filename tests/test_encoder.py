@@ -121,7 +121,8 @@ def test_query_blocks_and_their_keys():
     slots = global_slots(is_global)
     layout = local_blocks(torch.zeros(1, 16, dtype=torch.bool), is_global, slots, 4, torch.float32)
     assert layout.block == 2
-    blocks = layout.key_source(x + 1, slots)[:, layout.key_index]  # value: position + 1
+    at_slots = (x + 1).gather(1, slots.positions[..., None])
+    blocks = layout.key_source(layout.pad(x + 1), at_slots)[:, layout.key_index]  # position + 1
     assert blocks.shape == (1, 8, 2 + 10, 1)  # G + 1 = 2 global slots, then 2w + b keys
     assert blocks[0, :, :2, 0].tolist() == [[8, 1]] * 8  # position 7, then the empty slot
     # Block j's keys start at 2j - 4, moved inside 0 .. 15 at the ends.
