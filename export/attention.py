@@ -170,16 +170,13 @@ def longformer_self_attention(
     key_ok = ~is_pad[:, None, None, :] & (slots.positions[:, None, :, None] >= 0)
     query = attn.query_global(hidden_at_slots) * scale
     global_out = global_attention(attn, query, hidden, additive_bias(key_ok, hidden.dtype))
-    # Written into the local output at the slots' positions (G + 1 rows, not a seq-long select).
-    # Each slot writes the value its position must end with, so a position named twice (the
-    # never-valid slot may name one that a valid slot holds) gets the same value both times.
-    slot = slots.slot_of_position.gather(1, slots.positions)[..., None].expand(-1, -1, d_model)
-    value = torch.where(
-        is_global.gather(1, slots.positions)[..., None],
-        global_out.gather(1, slot),
-        local_out.gather(1, at_slots),
-    )
-    out = local_out.scatter(1, at_slots, value)
+    # Each global token's row of global_out, gathered as whole rows (one index per position, not
+    # one per element: at 16k tokens that index would take 96 MiB a layer).
+    # Sizes from tensors' values: the tracer would freeze a Python batch size or slot count.
+    one = slots.positions[:, :1] * 0 + 1  # [batch, 1]
+    row, per_row = one.cumsum(0) - one, (slots.positions[:1] * 0 + 1).sum(1, keepdim=True)
+    from_global = global_out.flatten(0, 1)[row * per_row + slots.slot_of_position]
+    out = torch.where(is_global[..., None], from_global, local_out)
     return torch.where(is_pad[..., None], torch.zeros_like(out), out)
 
 
