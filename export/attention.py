@@ -28,7 +28,10 @@ class GlobalSlots:
 
     positions: torch.Tensor  # [batch, G + 1] int64: the j-th global token's position (if valid)
     valid: torch.Tensor  # [batch, G + 1] bool: slot j holds a global token of this row
-    slot_of_position: torch.Tensor  # [batch, seq] int64: a global token's slot (junk for others)
+    # [batch, seq] int64: a global token's slot numbered across the batch, row * (G + 1) + its
+    # slot in the row, as an output [batch, G + 1, d] flattened to [batch * (G + 1), d] holds it
+    # (junk for other tokens)
+    flat_slot_of_position: torch.Tensor
 
 
 def global_slots(is_global: torch.Tensor) -> GlobalSlots:
@@ -42,10 +45,11 @@ def global_slots(is_global: torch.Tensor) -> GlobalSlots:
     slot_ids = torch.arange(is_global.shape[1] + 1, device=is_global.device)  # [seq + 1]
     slots = (slot_ids <= count.max()).nonzero().squeeze(1)  # [G + 1], size taken from a tensor
     cumulative = is_global.long().cumsum(dim=1) - 1
+    rows = torch.arange(is_global.shape[0], device=is_global.device)  # [batch]
     return GlobalSlots(
         positions=order.index_select(1, slots),
         valid=slots[None, :] < count[:, None],
-        slot_of_position=cumulative.clamp(min=0),
+        flat_slot_of_position=rows[:, None] * (slots[-1:] + 1) + cumulative.clamp(min=0),
     )
 
 
@@ -172,10 +176,7 @@ def longformer_self_attention(
     global_out = global_attention(attn, query, hidden, additive_bias(key_ok, hidden.dtype))
     # Each global token's row of global_out, gathered as whole rows (one index per position, not
     # one per element: at 16k tokens that index would take 96 MiB a layer).
-    # Sizes from tensors' values: the tracer would freeze a Python batch size or slot count.
-    one = slots.positions[:, :1] * 0 + 1  # [batch, 1]
-    row, per_row = one.cumsum(0) - one, (slots.positions[:1] * 0 + 1).sum(1, keepdim=True)
-    from_global = global_out.flatten(0, 1)[row * per_row + slots.slot_of_position]
+    from_global = global_out.flatten(0, 1)[slots.flat_slot_of_position]
     out = torch.where(is_global[..., None], from_global, local_out)
     return torch.where(is_pad[..., None], torch.zeros_like(out), out)
 

@@ -65,7 +65,7 @@ def test_global_slots_order_and_empty():
     assert slots.positions.shape == (2, 4)  # G = 3, plus the slot that is never valid
     assert slots.positions[0, :3].tolist() == [1, 3, 4]
     assert slots.valid.tolist() == [[True, True, True, False], [False] * 4]
-    assert slots.slot_of_position[0].tolist()[1::2] == [0, 1]
+    assert slots.flat_slot_of_position[0].tolist()[1::2] == [0, 1]
     none = global_slots(torch.zeros(3, 7, dtype=torch.bool))
     assert none.positions.shape == (3, 1) and not none.valid.any()
 
