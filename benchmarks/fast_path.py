@@ -1,19 +1,21 @@
 """The CPU fast path side by side: encoder latency by length, the greedy decode step at batch 1
-(the median gap between streamed tokens), and a greedy request end to end, for transformers (its
-default configuration and its best one: THP allocator on, threads = cores) and for any number of
-artifacts folders (fp32, int8, an older export, ...). Every side runs in its own process (the
-allocator setting is read at start), one after the other, medians of `--repeats` after a warm-up.
-With `--rounds N` the whole sequence of sides runs N times, and each side's end-to-end time is
-also given as a ratio to the first baseline's in the same round, with the median of those
-ratios: sides that run minutes apart drift apart on a shared machine, rounds do not share that
-drift (`--lengths ""` skips the encoder-only timings).
+(the median gap between streamed tokens), and a greedy request end to end, for transformers and
+for any number of artifacts folders (fp32, int8, an older export, ...). transformers' baselines:
+`default` (its default configuration), `best` (THP allocator on, threads = cores) and `int8`
+(`best` with PyTorch's dynamic int8 quantization of every Linear: the same-precision baseline
+of int8 artifacts). Every side runs in its own process (the allocator setting is read at
+start), one after the other, medians of `--repeats` after a warm-up. With `--rounds N` the whole
+sequence of sides runs N times, and each side's end-to-end time is also given as a ratio to
+each baseline's in the same round, with the median of those ratios: sides that run minutes
+apart drift apart on a shared machine, rounds do not share that drift (`--lengths ""` skips the
+encoder-only timings).
 
     python -m ledserve.benchmarks.fast_path --checkpoint DIR \
         --artifacts fp32=DIR --artifacts int8=DIR [--lengths 512,2048,...] \
-        [--generate 4096:128] [--repeats 3] [--baselines default,best] [--rounds 1]
+        [--generate 4096:128] [--repeats 3] [--baselines default,best[,int8]] [--rounds 1]
 
 Prints one JSON line per side; `--out FILE` also writes them all as one JSON list (with
-`--rounds`, each result names its round, and a last object holds the ratios).
+`--rounds`, each result names its round, and a last object holds the ratios to each baseline).
 """
 
 import argparse
@@ -25,9 +27,10 @@ from pathlib import Path
 
 from ledserve.benchmarks import machine
 
-BASELINES = {
-    "default": {"THP_MEM_ALLOC_ENABLE": "0"},
-    "best": machine.BEST_TORCH_ENV,  # and torch threads = cores, set in the child
+BASELINES = {  # name: (environment, dtype); torch threads = cores in every child
+    "default": ({"THP_MEM_ALLOC_ENABLE": "0"}, "fp32"),
+    "best": (machine.BEST_TORCH_ENV, "fp32"),
+    "int8": (machine.BEST_TORCH_ENV, "int8"),
 }
 
 
@@ -42,12 +45,12 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
-def _side(kind: str, source: str, lengths, generate, repeats: int) -> dict:
+def _side(kind: str, source: str, lengths, generate, repeats: int, dtype: str) -> dict:
     from ledserve.benchmarks.measure import Baseline, InProcess, inter_token, make_input
 
     if kind == "transformers":
         machine.best_torch_threads()
-        side = Baseline(source, "cpu", "fp32")
+        side = Baseline(source, "cpu", dtype)
         vocab = side.model.config.vocab_size
     else:
         side = InProcess(source, "cpu")
@@ -70,21 +73,22 @@ def _side(kind: str, source: str, lengths, generate, repeats: int) -> dict:
 
 def measure(checkpoint, artifacts: dict, lengths, generate, repeats: int, baselines):
     """Yields one result per side, each measured in a child process."""
-    sides = [(f"transformers-{b}", "transformers", checkpoint, BASELINES[b]) for b in baselines]
-    sides += [(f"engine-{name}", "engine", folder, {}) for name, folder in artifacts.items()]
-    for name, kind, source, env in sides:
+    sides = [(f"transformers-{b}", "transformers", checkpoint, *BASELINES[b]) for b in baselines]
+    sides += [(f"engine-{name}", "engine", folder, {}, "") for name, folder in artifacts.items()]
+    for name, kind, source, env, dtype in sides:
         args = ["--child", kind, "--source", str(source), "--lengths", ",".join(map(str, lengths)),
-                "--generate", f"{generate[0]}:{generate[1]}",
-                "--repeats", str(repeats)]  # fmt: skip
+                "--generate", f"{generate[0]}:{generate[1]}", "--repeats", str(repeats),
+                "--dtype", dtype or "fp32"]  # fmt: skip
         print(f"[fast_path {time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
         yield {"side": name, **env, **machine.run_child("ledserve.benchmarks.fast_path", args, env)}
 
 
-def round_ratios(results: list[dict]) -> dict:
-    """Per side, the first baseline's end-to-end time over the side's, round by round, and the
-    median: {"reference": side, "sides": {side: {"per_round": [...], "median": x}}}."""
+def round_ratios(results: list[dict], baseline: str | None = None) -> dict:
+    """Per side, the baseline's (the first one by default) end-to-end time over the side's, round
+    by round, and the median: {"reference": baseline, "sides": {side: {"per_round": [...],
+    "median": x}}}."""
     rounds = sorted({r["round"] for r in results})
-    baseline = next(r["side"] for r in results if r["side"].startswith("transformers"))
+    baseline = baseline or next(r["side"] for r in results if r["side"].startswith("transformers"))
     e2e = {(r["round"], r["side"]): r["generate"]["end_to_end_s"] for r in results
            if "generate" in r}  # fmt: skip
     sides = {}
@@ -107,19 +111,22 @@ def main(argv=None) -> int:
     parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
     parser.add_argument("--generate", default="4096:128", help="input:new tokens, greedy")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--baselines", default="default,best")
+    parser.add_argument("--baselines", default="default,best", help="of default, best, int8")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", choices=("transformers", "engine"), help=argparse.SUPPRESS)
     parser.add_argument("--source", help=argparse.SUPPRESS)
+    parser.add_argument("--dtype", default="fp32", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     lengths = [int(x) for x in args.lengths.split(",") if x]
     generate = tuple(int(x) for x in args.generate.split(":"))
     if args.child:
-        result = _side(args.child, args.source, lengths, generate, args.repeats)
+        result = _side(args.child, args.source, lengths, generate, args.repeats, args.dtype)
         print(json.dumps(result))
         return 0
     baselines = [b for b in args.baselines.split(",") if b]
+    if set(baselines) - BASELINES.keys():
+        parser.error(f"--baselines: each of {', '.join(BASELINES)}")
     if baselines and not args.checkpoint:
         parser.error("--checkpoint is needed for the transformers baselines")
     artifacts = dict(a.split("=", 1) for a in args.artifacts)
@@ -141,7 +148,8 @@ def main(argv=None) -> int:
                                             if k != "tokens"}}  # fmt: skip
             print(json.dumps(shown), flush=True)
     if args.rounds > 1 and baselines:
-        results.append({"ratios_to": round_ratios(results)})
+        ratios = [round_ratios(results, f"transformers-{b}") for b in baselines]
+        results.append({"ratios_to": ratios})
         print(json.dumps(results[-1]), flush=True)
     if args.out:
         args.out.write_text(json.dumps(results, indent=1) + "\n")

@@ -8,6 +8,7 @@ import json
 import statistics
 import threading
 import time
+import warnings
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -69,15 +70,26 @@ class _StepStamps:
 
 
 class Baseline:
-    """transformers' LED on `device` in `dtype`: what a user runs today."""
+    """transformers' LED on `device` in `dtype`: what a user runs today. int8 (CPU): PyTorch's
+    dynamic quantization of every `nn.Linear` (int8 weights, one scale per tensor, activations
+    quantized per call), the int8 counterpart a PyTorch user has at hand, to set beside the
+    engine's int8 artifacts (export/int8.py: signed int8 MatMul weights, one scale each)."""
 
     def __init__(self, checkpoint, device: str, dtype: str):
         from transformers import LEDForConditionalGeneration
 
+        if dtype == "int8" and device != "cpu":
+            raise ValueError("the int8 baseline is PyTorch's CPU dynamic quantization: cpu only")
         torch_dtype = torch.float16 if dtype == "fp16" else torch.float32
         self.device = torch.device(device)
         self.model = LEDForConditionalGeneration.from_pretrained(checkpoint, dtype=torch_dtype)
         self.model = self.model.to(self.device).eval()
+        if dtype == "int8":
+            with warnings.catch_warnings():  # torch.ao.quantization's notice that it moves
+                warnings.simplefilter("ignore")
+                self.model = torch.ao.quantization.quantize_dynamic(
+                    self.model, {torch.nn.Linear}, dtype=torch.qint8
+                )
 
     def _tensors(self, ids, glob):
         t = torch.tensor([ids], device=self.device)

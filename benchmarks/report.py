@@ -61,6 +61,7 @@ def markdown(r: dict) -> str:
             )
     lines += ["", "Tokens identical to transformers (fp32): "
               + ", ".join(f"{k}: {v}" for k, v in r["identical_tokens"].items()), ""]  # fmt: skip
+    lines += same_precision(r)
     lines += ["Peak memory: " + "; ".join(
         f"{name} " + ", ".join(f"{k} {v}" for k, v in side["memory"].items())
         for name, side in sides.items()
@@ -138,6 +139,29 @@ def markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def same_precision(r: dict) -> list[str]:
+    """Each engine dtype other than fp32 against transformers in the same dtype (fp16 on CUDA,
+    PyTorch's dynamic int8 on the CPU), where the run has that baseline: the speed-ups above
+    are against fp32."""
+    sides, lines = r["sides"], []
+    for name, side in sides.items():
+        dtype = name.removeprefix("engine-")
+        base = sides.get(f"transformers-{dtype}")
+        if not name.startswith("engine-") or dtype == "fp32" or base is None:
+            continue
+        parts = [
+            f"{key.removeprefix('beams')} beam(s): end to end "
+            f"{base['generate'][key]['end_to_end_s'] / g['end_to_end_s']:.2f}×, step "
+            f"{base['generate'][key]['step_s'] / g['step_s']:.2f}×"
+            for key, g in side["generate"].items()
+        ]
+        equal = r.get("same_precision_tokens_equal", {})
+        same = ", ".join(f"{k.split()[1]}: {v}" for k, v in equal.items() if k.startswith(dtype))
+        lines += [f"{name} against transformers-{dtype} (same precision): " + "; ".join(parts)
+                  + (f"; tokens equal: {same}" if same else "") + ".", ""]  # fmt: skip
+    return lines
+
+
 def generation_floors(side: dict, g: dict) -> tuple[float, float]:
     """Floors of the first token (encoder + one step) and of the whole generation (encoder +
     new_tokens steps), from the encoder floor at the generation's input length."""
@@ -184,6 +208,22 @@ def targets(r: dict) -> list[str]:
         gain = base["generate"]["beams1"]["step_s"] / fp16
         out.append(f"- GPU fp16 per-token latency ≥ 10× lower than PyTorch fp32 (batch 1): "
                    f"{gain:.1f}× — {'met' if gain >= 10 else 'not met'}")  # fmt: skip
+        if "transformers-fp16" in r["sides"]:
+            half = r["sides"]["transformers-fp16"]["generate"]["beams1"]["step_s"] / fp16
+            out.append(f"- GPU fp16 per-token latency ≥ 4× lower than PyTorch fp16 (batch 1): "
+                       f"{half:.1f}× — {'met' if half >= 4 else 'not met'}")  # fmt: skip
+        long = {str(k): v for k, v in r["sides"]["engine-fp16"]["encoder"].items()}.get("16384")
+        if long is not None:
+            first = long + fp16
+            out.append(
+                f"- 16k-token first token ≤ 50 ms (fp16 encoder pass + one step, timed "
+                f"apart): {first * 1e3:.1f} ms — {'met' if first <= 0.05 else 'not met'}"
+            )
+        rows = {s["concurrency"]: s for s in r.get("serving", {}).get("beams1", [])}
+        if 64 in rows:
+            gain = rows[64]["tokens_per_s"] / base["one_at_a_time_tokens_per_s"]
+            out.append(f"- tokens/s at 64 streams ≥ 20× transformers one at a time: {gain:.1f}×"
+                       f" — {'met' if gain >= 20 else 'not met'}")  # fmt: skip
     return out
 
 

@@ -47,7 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser):
         "--dtypes",
         default=None,
         help="engine dtypes, of fp32, fp16, int8 (default: fp32 on cpu, fp32,fp16 on cuda); "
-        "the baseline runs fp32 (and fp16 on cuda)",
+        "the baseline runs fp32, fp16 on cuda, and with int8 on cpu PyTorch's dynamic int8 "
+        "quantization",
     )
     parser.add_argument("--quick", action="store_true", help="small sizes: minutes on a 2-core CPU")
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")])
@@ -131,6 +132,8 @@ def run(args) -> dict:
                "checkpoint": checkpoint, "model": model, "sides": {}}  # fmt: skip
 
     baseline_dtypes = ["fp32", "fp16"] if args.device == "cuda" else ["fp32"]
+    if "int8" in args.dtypes and args.device == "cpu":
+        baseline_dtypes.append("int8")  # the same precision beside the engine's int8
     sides = [(f"transformers-{d}", d) for d in baseline_dtypes]
     sides += [(f"engine-{d}", d) for d in args.dtypes]
     tokens = {}
@@ -148,6 +151,10 @@ def run(args) -> dict:
     results["identical_tokens"] = {
         f"beams{b}": tokens[("engine-fp32", b)] == tokens[("transformers-fp32", b)]
         for b in (1, 4) if ("engine-fp32", b) in tokens
+    }  # fmt: skip
+    results["same_precision_tokens_equal"] = {  # two approximations of fp32: reported, not required
+        f"{d} beams{b}": tokens[(f"engine-{d}", b)] == tokens[(f"transformers-{d}", b)]
+        for d in baseline_dtypes[1:] for b in (1, 4) if (f"engine-{d}", b) in tokens
     }  # fmt: skip
 
     _attach_floors(results, folders)

@@ -1,14 +1,16 @@
 """Many streams through the server against transformers serving one request at a time, side by
-side: rounds alternate the baseline (greedy requests one after another, in this process, with
+side: rounds alternate the baselines (greedy requests one after another, in this process, with
 PyTorch's best CPU setting when the process runs with THP_MEM_ALLOC_ENABLE=1 and threads =
-cores) and the gRPC server on each artifacts folder and each `--shares` value of the engine's
-`cpu_decode_share` (`--streams` clients, each streaming
-`--per-client` requests back to back). Inputs of `--length` tokens, `--new-tokens` tokens each
-(EOS suppressed). Reports each side's tokens/s per round, and the median over rounds of each
-engine's ratio to the baseline of its own round.
+cores; `--baselines fp32,int8` adds PyTorch's dynamic int8 quantization, the same precision as
+int8 artifacts) and the gRPC server on each artifacts folder and each `--shares` value of the
+engine's `cpu_decode_share` (`--streams` clients, each streaming `--per-client` requests back to
+back). Inputs of `--length` tokens, `--new-tokens` tokens each (EOS suppressed). Reports each
+side's tokens/s per round, and the median over rounds of each engine's ratio to each baseline of
+its own round.
 
     THP_MEM_ALLOC_ENABLE=1 python -m ledserve.benchmarks.streams --checkpoint DIR \
-        --artifacts fp32=DIR [--artifacts int8=DIR] [--shares 1,0.5] [--streams 16] [--rounds 3]
+        --artifacts fp32=DIR [--artifacts int8=DIR] [--baselines fp32,int8] [--shares 1,0.5] \
+        [--streams 16] [--rounds 3]
 """
 
 import argparse
@@ -48,6 +50,7 @@ def main(argv=None) -> int:
         default="1.0",
         help="the engine's cpu_decode_share values to run (comma-separated)",
     )
+    parser.add_argument("--baselines", default="fp32", help="transformers' dtypes: fp32, int8")
     parser.add_argument("--out", help="also write the results here (JSON)")
     args = parser.parse_args(argv)  # fmt: skip
     machine.best_torch_threads()
@@ -56,15 +59,25 @@ def main(argv=None) -> int:
     for name, folder in (a.split("=", 1) for a in args.artifacts):
         for share in shares:
             sides[name if len(shares) == 1 else f"{name}-share{share:g}"] = (folder, share)
-    baseline = measure.Baseline(args.checkpoint, "cpu", "fp32")
-    vocab = baseline.model.config.vocab_size
-    baseline.generate(*measure.make_input(vocab, args.length, seed=1), 4, 1)  # warm-up
+    dtypes = args.baselines.split(",")
+    if set(dtypes) - {"fp32", "int8"}:
+        parser.error(f"--baselines: fp32 and/or int8, got {args.baselines!r}")
+    baselines = {  # "transformers" (fp32), "transformers-int8"
+        "transformers" if dtype == "fp32" else f"transformers-{dtype}":
+            measure.Baseline(args.checkpoint, "cpu", dtype)
+        for dtype in dtypes
+    }  # fmt: skip
+    vocab = next(iter(baselines.values())).model.config.vocab_size
+    for baseline in baselines.values():
+        baseline.generate(*measure.make_input(vocab, args.length, seed=1), 4, 1)  # warm-up
     rounds = []
     for k in range(args.rounds):
         say = f"[streams {time.strftime('%H:%M:%S')}] round {k + 1}"
-        print(f"{say}: transformers", file=sys.stderr, flush=True)
-        result = {"transformers": baseline_rate(baseline, vocab, args.length, args.new_tokens,
-                                                args.baseline_requests)}  # fmt: skip
+        result = {}
+        for base, baseline in baselines.items():
+            print(f"{say}: {base}", file=sys.stderr, flush=True)
+            result[base] = baseline_rate(baseline, vocab, args.length, args.new_tokens,
+                                         args.baseline_requests)  # fmt: skip
         for name, (folder, share) in sides.items():
             print(f"{say}: engine {name}", file=sys.stderr, flush=True)
             served = measure.serve_throughput(folder, "cpu", vocab, args.length, args.new_tokens,
@@ -79,9 +92,9 @@ def main(argv=None) -> int:
         "streams": args.streams, "length": args.length, "new_tokens": args.new_tokens,
         "rounds": rounds,
         "median_tokens_per_s": {side: statistics.median(r[side] for r in rounds)
-                                for side in ["transformers", *sides]},
-        "median_ratio": {name: statistics.median(r[name] / r["transformers"] for r in rounds)
-                         for name in sides},
+                                for side in [*baselines, *sides]},
+        "median_ratio_to": {base: {name: statistics.median(r[name] / r[base] for r in rounds)
+                                   for name in sides} for base in baselines},
     }  # fmt: skip
     measure.report(summary, args.out)
     return 0

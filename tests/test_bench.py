@@ -3,7 +3,19 @@ benchmarks never run as tests)."""
 
 import json
 
-from ledserve.benchmarks import fast_path, loop, machine, measure, serving
+import pytest
+import torch
+
+from ledserve.benchmarks import (
+    fast_path,
+    loop,
+    machine,
+    measure,
+    quality,
+    report,
+    serving,
+    streams,
+)
 from ledserve.cli import main as ledserve
 from ledserve.demo.tiny import build_random_led
 
@@ -98,3 +110,66 @@ def test_fast_path_rounds_pair_each_side_with_its_rounds_baseline():
     ratios = fast_path.round_ratios(results)
     assert ratios["reference"] == "transformers-best"
     assert ratios["sides"]["engine-int8"] == {"per_round": [3.0, 2.0], "median": 2.5}
+    results += [side("transformers-int8", 0, 8.0), side("transformers-int8", 1, 6.0)]
+    ratios = fast_path.round_ratios(results, "transformers-int8")
+    assert ratios["sides"]["engine-int8"] == {"per_round": [2.0, 2.0 / 3.0], "median": 4.0 / 3.0}
+    assert ratios["sides"]["transformers-best"]["per_round"] == [8.0 / 12.0, 6.0 / 18.0]
+
+
+def test_int8_baseline_is_pytorchs_dynamic_quantization(checkpoint):
+    """The same-precision baseline of int8 artifacts: every Linear of transformers' LED (the
+    language-model head too) becomes PyTorch's dynamic int8 Linear, and it generates."""
+    folder, _ = checkpoint
+    side = measure.Baseline(folder, "cpu", "int8")
+    modules = list(side.model.modules())
+    assert not [m for m in modules if type(m) is torch.nn.Linear]
+    assert isinstance(side.model.lm_head, torch.ao.nn.quantized.dynamic.Linear)
+    vocab = side.model.config.vocab_size
+    trace = side.generate(*measure.make_input(vocab, 40, seed=0), 5, 2)
+    assert len(trace.tokens) == 6 and len(trace.step_times) == 5
+    with pytest.raises(ValueError, match="cpu only"):
+        measure.Baseline(folder, "cuda", "int8")
+
+
+def test_streams_benchmark_sets_each_engine_against_each_baseline(checkpoint, exported, tmp_path):
+    """benchmarks/streams.py with the fp32 and int8 baselines: every engine side gets a ratio to
+    each, from the rounds' own rates (figures not asserted)."""
+    out = tmp_path / "streams.json"
+    args = ["--checkpoint", str(checkpoint[0]), "--artifacts", f"int8={exported['int8']}",
+            "--baselines", "fp32,int8", "--streams", "2", "--per-client", "1", "--length", "20",
+            "--new-tokens", "4", "--baseline-requests", "1", "--rounds", "1",
+            "--out", str(out)]  # fmt: skip
+    assert streams.main(args) == 0
+    result = json.loads(out.read_text())
+    (rates,) = result["rounds"]
+    for base in ("transformers", "transformers-int8"):
+        assert result["median_ratio_to"][base] == {"int8": rates["int8"] / rates[base]}
+    with pytest.raises(SystemExit):
+        streams.main([*args[:4], "--baselines", "fp16"])
+
+
+def test_report_sets_each_dtype_beside_its_own_baseline():
+    """results.md: an engine dtype other than fp32 is also set against transformers in that
+    dtype, where the run has it (int8 on the CPU, fp16 on CUDA)."""
+
+    def side(e2e, step):
+        return {"generate": {"beams1": {"end_to_end_s": e2e, "step_s": step}}}
+
+    results = {"sides": {"transformers-fp32": side(12.0, 0.04),
+                         "transformers-int8": side(8.0, 0.03), "engine-fp32": side(6.0, 0.02),
+                         "engine-int8": side(4.0, 0.012), "engine-fp16": side(5.0, 0.02)},
+               "same_precision_tokens_equal": {"int8 beams1": False}}  # fmt: skip
+    lines = [x for x in report.same_precision(results) if x]
+    assert lines == [
+        "engine-int8 against transformers-int8 (same precision): 1 beam(s): end to end 2.00×, "
+        "step 2.50×; tokens equal: beams1: False."
+    ]
+
+
+def test_quality_benchmark_sets_pytorch_beside_the_engine(tmp_path):
+    """benchmarks/quality.py --torch: transformers fp32 on the demo model's held-out prompts
+    gives the fp32 engine's answers token for token; PyTorch's int8 is scored the same way."""
+    result = quality.measure(6, ["fp32"], tmp_path, torch_sides=True)["dtypes"]
+    assert result["torch-fp32"]["token_agreement_with_fp32"] == 1.0
+    assert result["torch-fp32"]["exact_match"] == result["fp32"]["exact_match"]
+    assert 0.0 <= result["torch-int8"]["token_agreement_with_fp32"] <= 1.0
