@@ -62,6 +62,11 @@ def markdown(r: dict) -> str:
     lines += ["", "Tokens identical to transformers (fp32): "
               + ", ".join(f"{k}: {v}" for k, v in r["identical_tokens"].items()), ""]  # fmt: skip
     lines += same_precision(r)
+    longest = {n: s["first_token_longest"] for n, s in sides.items() if "first_token_longest" in s}
+    if longest:
+        lines += ["First token of a greedy request at the longest length: " + "; ".join(
+            f"{n} {_ms(f['seconds'])} ms ({f['input_tokens']} tokens)" for n, f in longest.items()
+        ) + ".", ""]  # fmt: skip
     lines += ["Peak memory: " + "; ".join(
         f"{name} " + ", ".join(f"{k} {v}" for k, v in side["memory"].items())
         for name, side in sides.items()
@@ -212,13 +217,11 @@ def targets(r: dict) -> list[str]:
             half = r["sides"]["transformers-fp16"]["generate"]["beams1"]["step_s"] / fp16
             out.append(f"- GPU fp16 per-token latency ≥ 4× lower than PyTorch fp16 (batch 1): "
                        f"{half:.1f}× — {'met' if half >= 4 else 'not met'}")  # fmt: skip
-        long = {str(k): v for k, v in r["sides"]["engine-fp16"]["encoder"].items()}.get("16384")
-        if long is not None:
-            first = long + fp16
-            out.append(
-                f"- 16k-token first token ≤ 50 ms (fp16 encoder pass + one step, timed "
-                f"apart): {first * 1e3:.1f} ms — {'met' if first <= 0.05 else 'not met'}"
-            )
+        first = r["sides"]["engine-fp16"].get("first_token_longest", {})
+        if first.get("input_tokens") == 16384:
+            seconds = first["seconds"]
+            out.append(f"- 16k-token first token ≤ 50 ms (fp16, greedy): {seconds * 1e3:.1f} ms"
+                       f" — {'met' if seconds <= 0.05 else 'not met'}")  # fmt: skip
         rows = {s["concurrency"]: s for s in r.get("serving", {}).get("beams1", [])}
         if 64 in rows:
             gain = rows[64]["tokens_per_s"] / base["one_at_a_time_tokens_per_s"]
