@@ -1,18 +1,18 @@
-"""The CPU fast path side by side: encoder latency by length, the greedy decode step at batch 1
-(the median gap between streamed tokens), and a greedy request end to end, for transformers and
-for any number of artifacts folders (fp32, int8, an older export, ...). transformers' baselines:
-`default` (its default configuration), `best` (THP allocator on, threads = cores) and `int8`
-(`best` with PyTorch's dynamic int8 quantization of every Linear: the same-precision baseline
-of int8 artifacts). Every side runs in its own process (the allocator setting is read at
-start), one after the other, medians of `--repeats` after a warm-up. With `--rounds N` the whole
-sequence of sides runs N times, and each side's end-to-end time is also given as a ratio to
-each baseline's in the same round, with the median of those ratios: sides that run minutes
-apart drift apart on a shared machine, rounds do not share that drift (`--lengths ""` skips the
-encoder-only timings).
+"""The CPU fast path side by side: encoder latency by length, the greedy decode step at batch 1 (the
+median gap between streamed tokens), and a greedy request end to end, for transformers and for any
+number of artifacts folders (fp32, int8, an older export, ...). transformers' baselines: `default`
+(its default configuration), `best` (THP allocator on, threads = cores) and `int8` (`best` with
+PyTorch's dynamic int8 quantization of every Linear: the same-precision baseline of int8 artifacts;
+by default `default,best`, and `int8` too when an artifacts folder is int8). Every side runs in its
+own process (the allocator setting is read at start), one after the other, medians of `--repeats`
+after a warm-up. With `--rounds N` the whole sequence of sides runs N times, and each side's
+end-to-end time is also given as a ratio to each baseline's in the same round, with the median of
+those ratios: sides that run minutes apart drift apart on a shared machine, rounds do not share that
+drift (`--lengths ""` skips the encoder-only timings).
 
     python -m ledserve.benchmarks.fast_path --checkpoint DIR \
         --artifacts fp32=DIR --artifacts int8=DIR [--lengths 512,2048,...] \
-        [--generate 4096:128] [--repeats 3] [--baselines default,best[,int8]] [--rounds 1]
+        [--generate 4096:128] [--repeats 3] [--baselines default,best,int8] [--rounds 1]
 
 Prints one JSON line per side; `--out FILE` also writes them all as one JSON list (with
 `--rounds`, each result names its round, and a last object holds the ratios to each baseline).
@@ -26,6 +26,7 @@ import time
 from pathlib import Path
 
 from ledserve.benchmarks import machine
+from ledserve.benchmarks.measure import holds_int8
 
 BASELINES = {  # name: (environment, dtype); torch threads = cores in every child
     "default": ({"THP_MEM_ALLOC_ENABLE": "0"}, "fp32"),
@@ -54,8 +55,8 @@ def _side(kind: str, source: str, lengths, generate, repeats: int, dtype: str) -
         vocab = side.model.config.vocab_size
     else:
         side = InProcess(source, "cpu")
-        vocab = side.engine.vocab_size
-    out = {"encoder_s": {}}
+        vocab, dtype = side.engine.vocab_size, side.engine.manifest.dtype
+    out = {"dtype": dtype, "encoder_s": {}}
     for length in lengths:
         ids, glob = make_input(vocab, length, seed=length)
         out["encoder_s"][length] = _median(repeats, lambda: side.encode(ids, glob))  # noqa: B023
@@ -81,6 +82,14 @@ def measure(checkpoint, artifacts: dict, lengths, generate, repeats: int, baseli
                 "--dtype", dtype or "fp32"]  # fmt: skip
         print(f"[fast_path {time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
         yield {"side": name, **env, **machine.run_child("ledserve.benchmarks.fast_path", args, env)}
+
+
+def baselines_for(artifacts: dict, requested: str | None) -> list[str]:
+    """The baselines asked for (comma-separated), else default and best, and int8 too when an
+    artifacts folder holds int8 graphs."""
+    if requested is None:
+        requested = "default,best" + (",int8" if holds_int8(artifacts.values()) else "")
+    return [b for b in requested.split(",") if b]
 
 
 def round_ratios(results: list[dict], baseline: str | None = None) -> dict:
@@ -111,7 +120,7 @@ def main(argv=None) -> int:
     parser.add_argument("--lengths", default="512,1024,2048,4096,8192,16384")
     parser.add_argument("--generate", default="4096:128", help="input:new tokens, greedy")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--baselines", default="default,best", help="of default, best, int8")
+    parser.add_argument("--baselines", help="of default, best, int8 (default: see above)")
     parser.add_argument("--rounds", type=int, default=1)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--child", choices=("transformers", "engine"), help=argparse.SUPPRESS)
@@ -124,12 +133,12 @@ def main(argv=None) -> int:
         result = _side(args.child, args.source, lengths, generate, args.repeats, args.dtype)
         print(json.dumps(result))
         return 0
-    baselines = [b for b in args.baselines.split(",") if b]
+    artifacts = dict(a.split("=", 1) for a in args.artifacts)
+    baselines = baselines_for(artifacts, args.baselines)
     if set(baselines) - BASELINES.keys():
         parser.error(f"--baselines: each of {', '.join(BASELINES)}")
     if baselines and not args.checkpoint:
         parser.error("--checkpoint is needed for the transformers baselines")
-    artifacts = dict(a.split("=", 1) for a in args.artifacts)
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     results, reference = [], None

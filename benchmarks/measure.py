@@ -126,6 +126,14 @@ class Baseline:
         return Trace(seconds, [t - start for t in stamps.times], out[0].tolist())
 
 
+def holds_int8(folders) -> bool:
+    """Whether any of these artifacts folders holds int8 graphs: a benchmark then sets PyTorch's
+    int8 (`Baseline(..., "int8")`) beside transformers' fp32 by default."""
+    from ledserve.manifest import Manifest
+
+    return any(Manifest.read(folder).dtype == "int8" for folder in folders)
+
+
 class InProcess:
     """The engine, driven in this thread (no loop thread, no server)."""
 

@@ -1,12 +1,12 @@
-"""Many streams through the server against transformers serving one request at a time, side by
-side: rounds alternate the baselines (greedy requests one after another, in this process, with
-PyTorch's best CPU setting when the process runs with THP_MEM_ALLOC_ENABLE=1 and threads =
-cores; `--baselines fp32,int8` adds PyTorch's dynamic int8 quantization, the same precision as
-int8 artifacts) and the gRPC server on each artifacts folder and each `--shares` value of the
-engine's `cpu_decode_share` (`--streams` clients, each streaming `--per-client` requests back to
-back). Inputs of `--length` tokens, `--new-tokens` tokens each (EOS suppressed). Reports each
-side's tokens/s per round, and the median over rounds of each engine's ratio to each baseline of
-its own round.
+"""Many streams through the server against transformers serving one request at a time, side by side:
+rounds alternate the baselines (greedy requests one after another, in this process, with PyTorch's
+best CPU setting when the process runs with THP_MEM_ALLOC_ENABLE=1 and threads = cores; `--baselines
+fp32,int8` adds PyTorch's dynamic int8 quantization, the same precision as int8 artifacts, by
+default when an artifacts folder is int8) and the gRPC server on each artifacts folder and each
+`--shares` value of the engine's `cpu_decode_share` (`--streams` clients, each streaming
+`--per-client` requests back to back). Inputs of `--length` tokens, `--new-tokens` tokens each (EOS
+suppressed). Reports each side's tokens/s per round, and the median over rounds of each engine's
+ratio to each baseline of its own round.
 
     THP_MEM_ALLOC_ENABLE=1 python -m ledserve.benchmarks.streams --checkpoint DIR \
         --artifacts fp32=DIR [--artifacts int8=DIR] [--baselines fp32,int8] [--shares 1,0.5] \
@@ -50,7 +50,7 @@ def main(argv=None) -> int:
         default="1.0",
         help="the engine's cpu_decode_share values to run (comma-separated)",
     )
-    parser.add_argument("--baselines", default="fp32", help="transformers' dtypes: fp32, int8")
+    parser.add_argument("--baselines", help="transformers' dtypes: fp32, int8 (default: see above)")
     parser.add_argument("--out", help="also write the results here (JSON)")
     args = parser.parse_args(argv)  # fmt: skip
     machine.best_torch_threads()
@@ -59,6 +59,9 @@ def main(argv=None) -> int:
     for name, folder in (a.split("=", 1) for a in args.artifacts):
         for share in shares:
             sides[name if len(shares) == 1 else f"{name}-share{share:g}"] = (folder, share)
+    if args.baselines is None:
+        int8 = measure.holds_int8(folder for folder, _ in sides.values())
+        args.baselines = "fp32,int8" if int8 else "fp32"
     dtypes = args.baselines.split(",")
     if set(dtypes) - {"fp32", "int8"}:
         parser.error(f"--baselines: fp32 and/or int8, got {args.baselines!r}")

@@ -132,13 +132,15 @@ def test_int8_baseline_is_pytorchs_dynamic_quantization(checkpoint):
 
 
 def test_streams_benchmark_sets_each_engine_against_each_baseline(checkpoint, exported, tmp_path):
-    """benchmarks/streams.py with the fp32 and int8 baselines: every engine side gets a ratio to
-    each, from the rounds' own rates (figures not asserted)."""
+    """benchmarks/streams.py with int8 artifacts: PyTorch's int8 joins the fp32 baseline by
+    default, and every engine side gets a ratio to each, from the rounds' own rates (figures
+    not asserted)."""
+    assert measure.holds_int8([exported["fp32"], exported["int8"]])
+    assert not measure.holds_int8([exported["fp32"], exported["fp16"]])
     out = tmp_path / "streams.json"
     args = ["--checkpoint", str(checkpoint[0]), "--artifacts", f"int8={exported['int8']}",
-            "--baselines", "fp32,int8", "--streams", "2", "--per-client", "1", "--length", "20",
-            "--new-tokens", "4", "--baseline-requests", "1", "--rounds", "1",
-            "--out", str(out)]  # fmt: skip
+            "--streams", "2", "--per-client", "1", "--length", "20", "--new-tokens", "4",
+            "--baseline-requests", "1", "--rounds", "1", "--out", str(out)]  # fmt: skip
     assert streams.main(args) == 0
     result = json.loads(out.read_text())
     (rates,) = result["rounds"]
@@ -221,3 +223,22 @@ def test_bench_times_the_first_token_at_the_longest_length_on_request():
     assert out["first_token_longest"] == {"input_tokens": 48, "seconds": 0.01}
     assert calls[-2:] == [(48, 1, 1), (48, 1, 1)]  # a warm-up, then the timed run
     assert "first_token_longest" not in measure_side("x", Side(), 50, [16, 48], sizes, True, {})
+
+
+def test_fast_path_runs_pytorchs_int8_beside_int8_artifacts(checkpoint, exported, tmp_path):
+    """benchmarks/fast_path.py end to end on a tiny model: with int8 artifacts and no
+    --baselines, transformers runs in its default, its best and PyTorch's int8 configuration;
+    each side in its own process (here int8 alone, to keep it short; figures not asserted)."""
+    int8, fp32 = {"int8": exported["int8"]}, {"fp32": exported["fp32"]}
+    assert fast_path.baselines_for(int8, None) == ["default", "best", "int8"]
+    assert fast_path.baselines_for(fp32, None) == ["default", "best"]
+    assert fast_path.baselines_for(int8, "best") == ["best"]
+    out = tmp_path / "fast_path.json"
+    args = ["--checkpoint", str(checkpoint[0]), "--artifacts", f"int8={exported['int8']}",
+            "--baselines", "int8", "--lengths", "24", "--generate", "24:3", "--repeats", "1",
+            "--out", str(out)]  # fmt: skip
+    assert fast_path.main(args) == 0
+    sides = json.loads(out.read_text())
+    assert [(s["side"], s["dtype"]) for s in sides] == [("transformers-int8", "int8"),
+                                                        ("engine-int8", "int8")]  # fmt: skip
+    assert all(s["generate"]["new_tokens"] == 3 and s["encoder_s"]["24"] > 0 for s in sides)
