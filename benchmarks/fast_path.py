@@ -75,11 +75,11 @@ def _side(kind: str, source: str, lengths, generate, repeats: int, dtype: str) -
 def measure(checkpoint, artifacts: dict, lengths, generate, repeats: int, baselines):
     """Yields one result per side, each measured in a child process."""
     sides = [(f"transformers-{b}", "transformers", checkpoint, *BASELINES[b]) for b in baselines]
-    sides += [(f"engine-{name}", "engine", folder, {}, "") for name, folder in artifacts.items()]
+    sides += [(f"engine-{name}", "engine", folder, {}, None) for name, folder in artifacts.items()]
     for name, kind, source, env, dtype in sides:
         args = ["--child", kind, "--source", str(source), "--lengths", ",".join(map(str, lengths)),
                 "--generate", f"{generate[0]}:{generate[1]}", "--repeats", str(repeats),
-                "--dtype", dtype or "fp32"]  # fmt: skip
+                *(["--dtype", dtype] if dtype else [])]  # fmt: skip
         print(f"[fast_path {time.strftime('%H:%M:%S')}] {name}", file=sys.stderr, flush=True)
         yield {"side": name, **env, **machine.run_child("ledserve.benchmarks.fast_path", args, env)}
 

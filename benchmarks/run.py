@@ -154,8 +154,9 @@ def run(args) -> dict:
         for b in (1, 4) if ("engine-fp32", b) in tokens
     }  # fmt: skip
     results["same_precision_tokens_equal"] = {  # two approximations of fp32: reported, not required
-        f"{d} beams{b}": tokens[(f"engine-{d}", b)] == tokens[(f"transformers-{d}", b)]
-        for d in baseline_dtypes[1:] for b in (1, 4) if (f"engine-{d}", b) in tokens
+        d: {f"beams{b}": tokens[(f"engine-{d}", b)] == tokens[(f"transformers-{d}", b)]
+            for b in (1, 4) if (f"engine-{d}", b) in tokens}
+        for d in baseline_dtypes[1:]
     }  # fmt: skip
 
     _attach_floors(results, folders)

@@ -160,7 +160,7 @@ def test_report_sets_each_dtype_beside_its_own_baseline():
     results = {"sides": {"transformers-fp32": side(12.0, 0.04),
                          "transformers-int8": side(8.0, 0.03), "engine-fp32": side(6.0, 0.02),
                          "engine-int8": side(4.0, 0.012), "engine-fp16": side(5.0, 0.02)},
-               "same_precision_tokens_equal": {"int8 beams1": False}}  # fmt: skip
+               "same_precision_tokens_equal": {"int8": {"beams1": False}}}  # fmt: skip
     lines = [x for x in report.same_precision(results) if x]
     assert lines == [
         "engine-int8 against transformers-int8 (same precision): 1 beam(s): end to end 2.00×, "
