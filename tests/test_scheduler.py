@@ -134,7 +134,7 @@ def test_cross_cache_reuses_free_slots_and_compacts():
     own = a.cross[0].data_ptr()
     assert cache.update([a]) == [0] and cache.tensors[0].data_ptr() == own  # lent, not copied
     b, c, d = Fake(7), Fake(3), Fake(6)
-    assert cache.update([a, b, c, d]) == [0, 1, 2, 3]  # grown to 4 x 7, a moved once
+    assert cache.update([a, b, c, d]) == [0, 1, 2, 3]  # grown to 6 x 7, a moved once
     assert a.cross is None and b.cross is None  # the cache holds the only copy
     assert _held(cache) == {0: (a.id, a.value, 5), 1: (b.id, b.value, 7), 2: (c.id, c.value, 3),
                             3: (d.id, d.value, 6)}  # fmt: skip
@@ -149,18 +149,49 @@ def test_cross_cache_reuses_free_slots_and_compacts():
     mask, bound = cache.bound()
     assert mask.shape == (4, 7) and bound[0].shape[0] == 4
     assert cache.update([b, d, e]) == [1, 3, 2] and cache.bound()[0].shape[0] == 4
-    assert cache.update([e]) == [0]  # 1 of 4 slots in use: compacted to 1 x 4
-    assert cache.mask.shape == (1, 4) and _held(cache) == {0: (e.id, e.value, 4)}
+    assert cache.update([e]) == [0]  # 1 of 6 slots in use: compacted to 2 x 4
+    assert cache.mask.shape == (2, 4) and cache.bound()[0].shape == (1, 4)
+    assert _held(cache) == {0: (e.id, e.value, 4)}
 
 
 def test_cross_cache_trailing_free_slots_are_not_bound_and_the_budget_compacts():
     cache = CrossCache(torch.device("cpu"), max_tokens=20)
     a, b, c = Fake(5), Fake(5), Fake(5)
     cache.update([a, b, c])
-    cache.update([a, b])  # 2 of 3 slots: kept, but the last is not bound
-    assert cache.slots == 3 and cache.bound()[0].shape[0] == 2
+    cache.update([a, b])  # 2 of 4 slots (the budget's 20 tokens): kept, the others not bound
+    assert cache.slots == 4 and cache.bound()[0].shape[0] == 2
     d = Fake(9)  # a longer input: regrown to 3 x 9 = 27 > 20, the budget (admission let it in)
     cache.update([a, b, d])
     assert cache.mask.shape == (3, 9)
     cache.update([d, Fake(8)])  # 2 x 9 = 18 needed; 3 x 9 held is over the budget: compacted
     assert cache.mask.shape == (2, 9)
+
+
+def test_cross_cache_joins_one_by_one_copy_the_held_requests_a_few_times():
+    cache, held, moves = CrossCache(torch.device("cpu"), max_tokens=10_000), [], 0
+    pointer = None
+    for _ in range(32):
+        held.append(Fake(6))
+        cache.update(held)
+        moves += cache.tensors[0].data_ptr() != pointer
+        pointer = cache.tensors[0].data_ptr()
+    # 1 (lent), 3, 6, 11, 18, 29, 45 slots: every request kept its K/V through each move
+    assert moves == 7 and cache.slots == 45
+    assert _held(cache) == {s: (r.id, r.value, 6) for s, r in enumerate(held)}
+    mask, bound = cache.bound()
+    assert mask.shape == (32, 6) and bound[0].shape == (32, 2, 6, 3)
+    assert torch.isfinite(torch.stack([t[:32] for t in bound])).all()
+
+
+def test_cross_cache_longer_input_zeroes_the_held_requests_new_positions():
+    cache = CrossCache(torch.device("cpu"), max_tokens=10_000)
+    a, b = Fake(4), Fake(4)
+    cache.update([a, b])
+    for t in cache.tensors:  # stale values where the longer slots will be
+        t.fill_(float("nan"))
+        t[:2, :, :4] = 1.0
+    c = Fake(9)
+    cache.update([a, b, c])  # reallocated to length 9: a's and b's positions 4..8 are new
+    assert cache.mask.shape[1] == 9
+    assert all(float(t[:2, :, 4:].abs().sum()) == 0 for t in cache.tensors)
+    assert all(torch.isfinite(t[:3]).all() for t in cache.tensors)
