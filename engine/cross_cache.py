@@ -84,6 +84,10 @@ class CrossCache:
         count, sources = len(placed), list(placed.values())
         old = torch.as_tensor(sources, dtype=torch.int64, device=self.device)
         in_order = sources == list(range(count))  # nobody left below them: a slice, no gather
+
+        def held(t: torch.Tensor) -> torch.Tensor:  # the placed requests' rows of t, in order
+            return t[:count] if in_order else t.index_select(0, old)
+
         keep = min(self.length, length)
         like = self.tensors or joining[0].cross  # per layer key, value
         shape = (slots, like[0].shape[1], length, like[0].shape[3])  # [slots, heads, len, dim]
@@ -91,16 +95,15 @@ class CrossCache:
         for i in range(len(like)):
             tensor = torch.empty(shape, dtype=like[0].dtype, device=self.device)
             if placed:
-                held = self.tensors[i][:count] if in_order else self.tensors[i].index_select(0, old)
-                tensor[:count, :, :keep] = held[:, :, :keep]
+                tensor[:count, :, :keep] = held(self.tensors[i])[:, :, :keep]
                 tensor[:count, :, keep:] = 0  # masked, but read: 0 x NaN would still be NaN
             tensors.append(tensor)
         mask = torch.zeros((slots, length), dtype=torch.int64, device=self.device)
         if placed:
-            mask[:count, :keep] = self.mask.index_select(0, old)[:, :keep]
+            mask[:count, :keep] = held(self.mask)[:, :keep]
         self.tensors, self.mask = tensors, mask
-        self.owners = list(placed) + [None] * (slots - len(placed))
-        self.lengths = [self.lengths[s] for s in placed.values()] + [0] * (slots - len(placed))
+        self.owners = list(placed) + [None] * (slots - count)
+        self.lengths = [self.lengths[s] for s in sources] + [0] * (slots - count)
 
     def _adopt(self, request):
         self.tensors = [c.contiguous() for c in request.cross]
